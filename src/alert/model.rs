@@ -1,0 +1,108 @@
+//! The one normalized `Alert` that every Azure Monitor payload becomes.
+//!
+//! Everything after parsing (decision, templates, ITSM mapping) reads only this type, so a new payload
+//! variant is a change in `alert/` alone.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Which payload family the alert arrived in. Kept for the work item's description and for diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Schema {
+    /// `schemaId: azureMonitorCommonAlertSchema`, every monitoring service.
+    CommonAlertSchema,
+    /// `schemaId: AzureMonitorMetricAlert` (legacy metric alert, Activated/Deactivated).
+    LegacyMetric,
+    /// `schemaId: Microsoft.Insights/activityLogs` (legacy activity log alert).
+    LegacyActivityLog,
+    /// Log search V1 for Log Analytics: no schemaId, `data.AlertRuleName` or top-level `AlertRuleName`.
+    LogSearchLogAnalytics,
+    /// `schemaId: Microsoft.Insights/LogAlert` (log search V1 for Application Insights).
+    LogSearchAppInsights,
+    /// The custom-JSON log alert payload (`alertname`, `SearchResults`), and the OMS-era form.
+    LogSearchCustom,
+}
+
+/// Fired or Resolved. Legacy `Activated` maps to Fired, `Deactivated`/`Resolved` to Resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Condition {
+    Fired,
+    Resolved,
+}
+
+/// Azure Monitor severity. `Sev0` is critical, `Sev4` verbose. Legacy words map: Critical=0, Error=1,
+/// Warning=2, Informational=3, Verbose=4; digits "0".."4" map to themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Severity {
+    Sev0,
+    Sev1,
+    Sev2,
+    Sev3,
+    Sev4,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Sev0 => "Sev0",
+            Severity::Sev1 => "Sev1",
+            Severity::Sev2 => "Sev2",
+            Severity::Sev3 => "Sev3",
+            Severity::Sev4 => "Sev4",
+        }
+    }
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One alert, whatever payload it came in.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub schema: Schema,
+    /// The alert's own id (`essentials.alertId`, or the legacy payload's nearest equivalent). `None` for
+    /// legacy payloads that carry no id; the delivery and correlation then fall back to `body_hash`.
+    pub id: Option<String>,
+    pub rule: String,
+    /// The alert rule's resource id, when the payload names it (`alertRuleID` or `alertRuleId`, legacy `context.id`).
+    pub rule_id: Option<String>,
+    pub severity: Severity,
+    /// `Metric`, `Log`, `Activity Log`, ... as Azure spells it; empty when the payload does not say.
+    pub signal_type: String,
+    /// `Platform`, `Log Alerts V2`, `ServiceHealth`, `Application Insights`, ...; empty when unknown.
+    pub monitoring_service: String,
+    pub condition: Condition,
+    /// Azure resource ids the alert is about (`alertTargetIDs`, legacy `resourceId`).
+    pub target_resources: Vec<String>,
+    /// Configuration items (`configurationItems`, `AffectedConfigurationItems`); may be empty.
+    pub configuration_items: Vec<String>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub description: String,
+    /// `customProperties` (common schema), legacy `properties`; values rendered as strings.
+    pub custom_properties: BTreeMap<String, String>,
+    /// Human-readable lines that say what the condition was and what value crossed it,
+    /// e.g. `Percentage CPU GreaterThan 25 (Average over PT5M): 7.727`.
+    pub condition_summary: Vec<String>,
+    /// Links worth a click, as (label, url): search results, portal links.
+    pub links: Vec<(String, String)>,
+    /// Rows of a log search result, for per-row grouping (ITSMC's Event mode): one JSON object per row,
+    /// column name to value. Empty when the payload carries no results.
+    pub search_rows: Vec<serde_json::Value>,
+    /// The alert context untouched (`alertContext`, legacy `context`, or the whole body for log V1), so that
+    /// templates can read any field and an unknown context still travels.
+    pub context: serde_json::Value,
+    /// SHA-256 (hex) of the request body, for payloads without an id.
+    pub body_hash: String,
+}
+
+impl Alert {
+    /// Resource group, subscription and resource name of the first target resource, parsed from its id.
+    pub fn first_target(&self) -> Option<&str> {
+        self.target_resources.first().map(String::as_str)
+    }
+}

@@ -1,0 +1,522 @@
+//! Reads an alert context by its shape and says what the condition was, in lines a person can read.
+//!
+//! Shape, not `monitoringService`, decides the reader: the same metric criteria arrive in the common schema
+//! and in the legacy metric payload, the same log V1 fields in the common schema and in the webhook forms,
+//! and a monitoring service Azure adds tomorrow still gets whatever lines its shape allows (or none).
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use super::fields::{embedded, field, field_any, flag, get, get_any, one_line, str_list, text};
+
+/// Longest query or free text quoted in a summary line.
+const QUOTE_MAX: usize = 200;
+
+/// What a context yields besides itself.
+#[derive(Default)]
+pub(super) struct Findings {
+    pub lines: Vec<String>,
+    pub links: Vec<(String, String)>,
+    pub rows: Vec<Value>,
+    /// `AffectedConfigurationItems` of log search V1, used when `configurationItems` is empty.
+    pub configuration_items: Vec<String>,
+    /// A budget alert carries no rule name (`alertRule: null`); the budget name stands in for it.
+    pub budget_name: Option<String>,
+    /// The budget's scope, since a budget alert has no `alertTargetIDs`.
+    pub budget_scope: Option<String>,
+    /// A Cost Management alert, which carries no severity either.
+    pub cost: bool,
+    /// Metric and log V2 contexts hold the rule's custom properties in `properties`; other kinds use that
+    /// name for event data (activity log), so this is set only for the former.
+    pub custom_properties: Option<Value>,
+}
+
+impl Findings {
+    pub fn link(&mut self, label: &str, v: Option<&Value>) {
+        if let Some(Value::String(url)) = v {
+            self.link_str(label, url);
+        }
+    }
+
+    pub fn link_str(&mut self, label: &str, url: &str) {
+        if let Some(url) = self.new_web_url(url) {
+            self.links.push((label.to_string(), url));
+        }
+    }
+
+    /// A link that should come before the context's own (the portal's investigation page).
+    pub fn link_first(&mut self, label: &str, url: &str) {
+        if let Some(url) = self.new_web_url(url) {
+            self.links.insert(0, (label.to_string(), url));
+        }
+    }
+
+    /// `url` trimmed, if it is an http(s) URL not listed yet: the filtered and unfiltered search links are
+    /// often the same URL, and one click target is enough.
+    fn new_web_url(&self, url: &str) -> Option<String> {
+        let url = url.trim();
+        let is_web = url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+            || url.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+        (is_web && !self.links.iter().any(|(_, u)| u == url)).then(|| url.to_string())
+    }
+}
+
+/// Interprets a common schema `alertContext`.
+pub(super) fn alert_context(ctx: &Value, monitoring_service: &str) -> Findings {
+    let mut f = Findings::default();
+    if !ctx.is_object() {
+        return f;
+    }
+    if let Some(condition) = get(ctx, "condition").filter(|c| c.is_object()) {
+        f.custom_properties = get(ctx, "properties").cloned();
+        criteria(condition, &mut f);
+    } else if get_any(ctx, &["SearchQuery", "SearchResults", "SearchResult", "AlertType"]).is_some() {
+        log_v1(ctx, &mut f);
+    } else if let Some(data) = get(ctx, "AlertData").filter(|d| d.is_object()) {
+        budget(data, &mut f);
+    } else if get_any(ctx, &["DetectionSummary", "SmartDetectorId", "SmartDetectorName"]).is_some() {
+        smart_detector(ctx, &mut f);
+    } else if get(ctx, "expression").is_some() {
+        prometheus(ctx, &mut f);
+    } else if get_any(ctx, &["operationName", "eventSource", "eventDataId"]).is_some() {
+        activity_log(ctx, monitoring_service, &mut f);
+    }
+    f
+}
+
+/// `condition.allOf` of metric alerts (static, dynamic, web test) and of log search alerts V2 and simple
+/// log alerts; also the legacy metric alert's condition.
+pub(super) fn criteria(condition: &Value, f: &mut Findings) {
+    let window = field(condition, "windowSize");
+    let Some(Value::Array(all_of)) = get(condition, "allOf") else { return };
+    for item in all_of {
+        if !item.is_object() {
+            continue;
+        }
+        if let Some(metric) = field(item, "metricName") {
+            f.lines.push(metric_line(&metric, item, window.as_deref()));
+        } else if let Some(query) = field(item, "searchQuery") {
+            f.lines.push(log_criterion_line(&query, item));
+        } else if let Some(value) = get(item, "metricValue").and_then(text) {
+            let crit = join_present(&[field(item, "operator"), field(item, "threshold")]);
+            f.lines.push(if crit.is_empty() { format!("Value: {value}") } else { format!("{crit}: {value}") });
+        }
+        dimensions_line(get(item, "dimensions"), f);
+        f.link("Search results", get(item, "linkToSearchResultsUI"));
+        f.link("Filtered search results", get(item, "linkToFilteredSearchResultsUI"));
+        f.link("Search results (API)", get(item, "linkToSearchResultsAPI"));
+        f.link("Filtered search results (API)", get(item, "linkToFilteredSearchResultsAPI"));
+        if let Some(Value::Array(events)) = get(item, "event") {
+            f.rows.extend(events.iter().filter_map(name_value_row));
+        }
+    }
+}
+
+/// The classic metric alert's single condition (`context.condition.metricName`), whose `windowSize` is a
+/// number of minutes rather than an ISO 8601 duration.
+pub(super) fn classic_condition(condition: &Value, f: &mut Findings) {
+    let Some(metric) = field(condition, "metricName") else { return };
+    let window = field(condition, "windowSize").map(|w| match w.parse::<u32>() {
+        Ok(minutes) => format!("PT{minutes}M"),
+        Err(_) => w.into_owned(),
+    });
+    f.lines.push(metric_line(&metric, condition, window.as_deref()));
+    dimensions_line(get(condition, "dimensions"), f);
+}
+
+/// `Percentage CPU GreaterThan 25 (Average over PT5M): 7.727`
+fn metric_line(metric: &str, item: &Value, window: Option<&str>) -> String {
+    let mut line = join_present(&[Some(Cow::Borrowed(metric)), field(item, "operator"), field(item, "threshold")]);
+    let mut detail = match (field(item, "timeAggregation"), window) {
+        (Some(agg), Some(w)) => format!("{agg} over {w}"),
+        (Some(agg), None) => agg.into_owned(),
+        (None, Some(w)) => format!("over {w}"),
+        (None, None) => String::new(),
+    };
+    if let Some(sensitivity) = field(item, "alertSensitivity") {
+        push_part(&mut detail, &format!("dynamic threshold, {sensitivity} sensitivity"));
+    }
+    if let Some(test) = field(item, "webTestName") {
+        push_part(&mut detail, &format!("web test {test}"));
+    }
+    if !detail.is_empty() {
+        line.push_str(&format!(" ({detail})"));
+    }
+    if let Some(value) = get(item, "metricValue").and_then(text) {
+        line.push_str(&format!(": {value}"));
+        if let Some(unit) = field(item, "metricUnit") {
+            line.push_str(&format!(" {unit}"));
+        }
+    }
+    line
+}
+
+/// `Heartbeat | count LowerThan 1: 0`; a simple log alert has no operator or threshold: `query: 1`.
+fn log_criterion_line(query: &str, item: &Value) -> String {
+    let aggregation = field(item, "timeAggregation").map(|agg| {
+        let lower = agg.to_ascii_lowercase();
+        match field(item, "metricMeasureColumn") {
+            // A count counts rows whatever the measure column says.
+            Some(column) if lower != "count" => format!("{lower}({column})"),
+            _ => lower,
+        }
+    });
+    let crit = join_present(&[aggregation.map(Cow::Owned), field(item, "operator"), field(item, "threshold")]);
+    let mut line = one_line(query, QUOTE_MAX);
+    if !crit.is_empty() {
+        line.push_str(" | ");
+        line.push_str(&crit);
+    }
+    if let Some(value) = get(item, "metricValue").and_then(text) {
+        line.push_str(&format!(": {value}"));
+    }
+    line
+}
+
+/// Log search V1 (common schema context, the Log Analytics and Application Insights webhooks, the
+/// OMS-era and custom JSON forms): the query line, dimensions, links and result rows.
+pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
+    let query = field(ctx, "SearchQuery");
+    let alert_type = field(ctx, "AlertType");
+    let operator = field_any(ctx, &["Operator", "AlertThresholdOperator"]);
+    let threshold = field_any(ctx, &["Threshold", "AlertThresholdValue"]);
+    let count = field(ctx, "ResultCount");
+    if query.is_some() || operator.is_some() || count.is_some() {
+        let mut line = query.map_or_else(|| "Log search".to_string(), |q| one_line(&q, QUOTE_MAX));
+        let crit = join_present(&[alert_type, operator, threshold]);
+        if !crit.is_empty() {
+            line.push_str(" | ");
+            line.push_str(&crit);
+        }
+        if let Some(count) = count {
+            line.push_str(&format!(": {count}"));
+        }
+        f.lines.push(line);
+    }
+    dimensions_line(get(ctx, "Dimensions"), f);
+    f.link("Search results", get(ctx, "LinkToSearchResults"));
+    f.link("Filtered search results", get(ctx, "LinkToFilteredSearchResultsUI"));
+    f.link("Search results (API)", get(ctx, "LinkToSearchResultsAPI"));
+    f.link("Filtered search results (API)", get(ctx, "LinkToFilteredSearchResultsAPI"));
+    if let Some(results) = get_any(ctx, &["SearchResults", "SearchResult"]) {
+        f.rows = search_rows(results);
+        // A custom JSON payload may carry nothing but the rule name and the results.
+        if f.lines.is_empty() {
+            let rows = f.rows.len();
+            f.lines.push(format!("Log search returned {rows} row{}", if rows == 1 { "" } else { "s" }));
+        }
+    }
+    // `IncludedSearchResults` ("True"/"False", common schema) says whether Azure dropped the results to
+    // stay under 256 KB; `IncludeSearchResults` (a bool, custom JSON) only says they were asked for.
+    if get(ctx, "IncludedSearchResults").and_then(flag) == Some(false) && f.rows.is_empty() {
+        f.lines.push("Search results were not included in the payload; follow the search results link".into());
+    }
+    if let Some(items) = get(ctx, "AffectedConfigurationItems") {
+        f.configuration_items = str_list(items);
+    }
+}
+
+/// Rows of `SearchResults.tables[0]` as objects column -> value; the OMS-era `value` array of objects is
+/// taken as it is.
+pub(super) fn search_rows(results: &Value) -> Vec<Value> {
+    let results = embedded(results);
+    if let Some(Value::Array(tables)) = get(&results, "tables") {
+        let Some(table) = tables.first() else { return Vec::new() };
+        let names: Vec<Cow<'_, str>> = match get(table, "columns") {
+            Some(Value::Array(columns)) => columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match get(c, "name").and_then(text) {
+                    Some(name) => name,
+                    None => Cow::Owned(format!("column{i}")),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let Some(Value::Array(rows)) = get(table, "rows") else { return Vec::new() };
+        return rows
+            .iter()
+            .map(|row| match row {
+                Value::Array(cells) => {
+                    let mut object = Map::new();
+                    for (i, cell) in cells.iter().enumerate() {
+                        let name = names.get(i).map_or_else(|| format!("column{i}"), |n| n.to_string());
+                        object.insert(name, cell.clone());
+                    }
+                    Value::Object(object)
+                }
+                other => other.clone(),
+            })
+            .collect();
+    }
+    match get(&results, "value") {
+        Some(Value::Array(rows)) => rows.iter().filter(|r| r.is_object()).cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A simple log alert's `event` row: `[{name, value}, ...]` as one object.
+fn name_value_row(row: &Value) -> Option<Value> {
+    let Value::Array(pairs) = row else { return None };
+    let mut object = Map::new();
+    for pair in pairs {
+        if let Some(name) = get(pair, "name").and_then(text) {
+            object.insert(name.into_owned(), pair.get("value").cloned().unwrap_or(Value::Null));
+        }
+    }
+    Some(Value::Object(object))
+}
+
+/// `Dimensions: Computer = web01, ApiName = GetBlob`
+fn dimensions_line(dimensions: Option<&Value>, f: &mut Findings) {
+    let Some(Value::Array(dimensions)) = dimensions else { return };
+    let pairs: Vec<String> = dimensions
+        .iter()
+        .filter_map(|d| Some(format!("{} = {}", field(d, "name")?, get(d, "value").and_then(text).unwrap_or_default())))
+        .collect();
+    if !pairs.is_empty() {
+        f.lines.push(format!("Dimensions: {}", pairs.join(", ")));
+    }
+}
+
+/// Activity log events (administrative, policy, autoscale, security), Service Health and Resource Health,
+/// in the common schema's `alertContext` or the legacy `data.context.activityLog`.
+pub(super) fn activity_log(ev: &Value, monitoring_service: &str, f: &mut Findings) {
+    let properties = get(ev, "properties").map(embedded);
+    let properties = properties.as_deref().unwrap_or(&Value::Null);
+    // `eventSource` is a word in one sample and an enum number in another, so the operation name and the
+    // properties' shape decide as well.
+    let source = field(ev, "eventSource").unwrap_or_default();
+    let operation = field(ev, "operationName").unwrap_or_default();
+    let is = |service: &str, source_word: &str, prefix: &str| {
+        monitoring_service.eq_ignore_ascii_case(service)
+            || source.eq_ignore_ascii_case(source_word)
+            || operation.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    if is("ServiceHealth", "ServiceHealth", "Microsoft.ServiceHealth/") || get(properties, "trackingId").is_some() {
+        service_health(properties, f);
+        return;
+    }
+    if is("Resource Health", "ResourceHealth", "Microsoft.ResourceHealth/")
+        || get(properties, "currentHealthStatus").is_some()
+    {
+        resource_health(properties, f);
+        return;
+    }
+    let mut line = if operation.is_empty() { "Activity log event".to_string() } else { operation.into_owned() };
+    if let Some(status) = field(ev, "status") {
+        line.push_str(&format!(": {status}"));
+        if let Some(sub) = field(ev, "subStatus") {
+            line.push_str(&format!(" ({sub})"));
+        }
+    }
+    if let Some(caller) = caller(ev) {
+        line.push_str(&format!(" by {caller}"));
+    }
+    f.lines.push(line);
+    if let Some(description) = field(properties, "description") {
+        f.lines.push(one_line(&description, QUOTE_MAX));
+    }
+    if let Some(policies) = get(properties, "policies") {
+        policy_lines(&embedded(policies), f);
+    }
+    if let Some(threat) = field(properties, "threatStatus") {
+        let what = join_with(&[field(properties, "category"), field(properties, "compromisedEntity")], " on ");
+        f.lines.push(format!("Threat: {what} ({threat})"));
+    }
+}
+
+/// Who did it: `caller`, or failing that the name in `claims` (a JSON document encoded in a string).
+fn caller(ev: &Value) -> Option<String> {
+    if let Some(caller) = field(ev, "caller") {
+        return Some(caller.into_owned());
+    }
+    let claims = embedded(get(ev, "claims")?);
+    field_any(&claims, &["name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn", "unique_name", "appid"])
+        .map(Cow::into_owned)
+}
+
+/// Policy events carry their definitions as a JSON array encoded in a string.
+fn policy_lines(policies: &Value, f: &mut Findings) {
+    let Value::Array(items) = policies else { return };
+    for p in items {
+        if let Some(name) = field_any(p, &["policyDefinitionName", "policyDefinitionReferenceId"]) {
+            let extra = join_with(&[field(p, "policyDefinitionEffect"), field(p, "policyAssignmentName")], ", ");
+            f.lines.push(if extra.is_empty() {
+                format!("Policy: {name}")
+            } else {
+                format!("Policy: {name} ({extra})")
+            });
+        }
+    }
+}
+
+/// `Maintenance: Azure Synapse Analytics Scheduled Maintenance Pending`, the service, region and stage,
+/// and the impacted services, which are a JSON string in real alerts and an array in test alerts.
+fn service_health(p: &Value, f: &mut Findings) {
+    let title = field_any(p, &["title", "defaultLanguageTitle"]).unwrap_or(Cow::Borrowed("Service Health event"));
+    f.lines.push(match field(p, "incidentType") {
+        Some(kind) => format!("{kind}: {}", one_line(&title, QUOTE_MAX)),
+        None => one_line(&title, QUOTE_MAX),
+    });
+    let mut facts = Vec::new();
+    for (label, key) in
+        [("Service", "service"), ("Region", "region"), ("Stage", "stage"), ("Tracking id", "trackingId")]
+    {
+        if let Some(v) = field(p, key) {
+            facts.push(format!("{label}: {v}"));
+        }
+    }
+    if !facts.is_empty() {
+        f.lines.push(facts.join("; "));
+    }
+    if let Some(impacted) = get(p, "impactedServices") {
+        let impacted = embedded(impacted);
+        if let Value::Array(services) = &*impacted {
+            let names: Vec<String> = services
+                .iter()
+                .filter_map(|s| {
+                    let name = field(s, "ServiceName")?;
+                    let regions: Vec<Cow<'_, str>> = match get(s, "ImpactedRegions") {
+                        Some(Value::Array(rs)) => rs.iter().filter_map(|r| field(r, "RegionName")).collect(),
+                        _ => Vec::new(),
+                    };
+                    Some(if regions.is_empty() {
+                        name.into_owned()
+                    } else {
+                        format!("{name} ({})", regions.join(", "))
+                    })
+                })
+                .collect();
+            if !names.is_empty() {
+                f.lines.push(format!("Impacted: {}", names.join("; ")));
+            }
+        }
+    }
+    match (field(p, "impactStartTime"), field(p, "impactMitigationTime")) {
+        (Some(start), Some(end)) => f.lines.push(format!("Impact: {start} to {end}")),
+        (Some(start), None) => f.lines.push(format!("Impact from {start}")),
+        _ => {}
+    }
+}
+
+/// `This virtual machine is stopping...` then `Health: Available -> Unavailable (Downtime, UserInitiated)`.
+fn resource_health(p: &Value, f: &mut Findings) {
+    if let Some(title) = field(p, "title") {
+        f.lines.push(one_line(&title, QUOTE_MAX));
+    }
+    if let Some(current) = field(p, "currentHealthStatus") {
+        let mut line = match field(p, "previousHealthStatus") {
+            Some(previous) => format!("Health: {previous} -> {current}"),
+            None => format!("Health: {current}"),
+        };
+        let why = join_with(&[field(p, "type"), field(p, "cause")], ", ");
+        if !why.is_empty() {
+            line.push_str(&format!(" ({why})"));
+        }
+        f.lines.push(line);
+    }
+    if let Some(details) = field(p, "details") {
+        f.lines.push(one_line(&details, QUOTE_MAX));
+    }
+}
+
+/// Cost Management budgets: `Budget X (Forecasted): spent $999.99, threshold $50.00 of budget $50.00`.
+fn budget(data: &Value, f: &mut Findings) {
+    let name = field(data, "BudgetName");
+    let mut line = match (&name, field(data, "ThresholdType")) {
+        (Some(n), Some(t)) => format!("Budget {n} ({t})"),
+        (Some(n), None) => format!("Budget {n}"),
+        (None, Some(t)) => format!("Budget ({t})"),
+        (None, None) => "Budget".to_string(),
+    };
+    let mut parts = Vec::new();
+    if let Some(spent) = field(data, "SpentAmount") {
+        parts.push(format!("spent {spent}"));
+    }
+    if let Some(threshold) = field(data, "NotificationThresholdAmount") {
+        parts.push(format!("threshold {threshold}"));
+    }
+    if let Some(budget) = field(data, "BudgetThreshold") {
+        parts.push(format!("budget {budget}"));
+    }
+    if !parts.is_empty() {
+        line.push_str(": ");
+        line.push_str(&parts.join(", "));
+    }
+    f.lines.push(line);
+    if let Some(forecast) = field(data, "ForecastedTotalForPeriod") {
+        f.lines.push(format!("Forecasted total for the period: {forecast}"));
+    }
+    f.cost = true;
+    f.budget_name = name.map(Cow::into_owned);
+    f.budget_scope = field(data, "Scope").map(|s| s.trim_end_matches('/').to_string());
+}
+
+/// Application Insights smart detection: what was detected, and the detected vs normal value.
+fn smart_detector(ctx: &Value, f: &mut Findings) {
+    let summary = field(ctx, "DetectionSummary").map(|s| one_line(&s, QUOTE_MAX));
+    f.lines.push(match (field(ctx, "SmartDetectorName"), summary) {
+        (Some(name), Some(s)) => format!("{name}: {s}"),
+        (Some(name), None) => name.into_owned(),
+        (None, Some(s)) => s,
+        (None, None) => "Smart detection".to_string(),
+    });
+    match (field(ctx, "DetectedValue"), field(ctx, "NormalValue")) {
+        (Some(d), Some(n)) => f.lines.push(format!("Detected: {d}; normal: {n}")),
+        (Some(d), None) => f.lines.push(format!("Detected: {d}")),
+        _ => {}
+    }
+}
+
+/// Azure Monitor managed Prometheus: `sql_up > 0: 0`, then labels and the summary annotation.
+fn prometheus(ctx: &Value, f: &mut Findings) {
+    let expression = field(ctx, "expression").map(|e| one_line(&e, QUOTE_MAX)).unwrap_or_default();
+    let mut line = match field(ctx, "expressionValue") {
+        Some(v) => format!("{expression}: {v}"),
+        None => expression,
+    };
+    if let Some(duration) = field(ctx, "for") {
+        line.push_str(&format!(" (for {duration})"));
+    }
+    f.lines.push(line);
+    if let Some(Value::Object(labels)) = get(ctx, "labels") {
+        let pairs: Vec<String> = labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", text(v)?))).collect();
+        if !pairs.is_empty() {
+            f.lines.push(format!("Labels: {}", pairs.join(", ")));
+        }
+    }
+    if let Some(annotations) = get(ctx, "annotations") {
+        for key in ["summary", "description"] {
+            if let Some(v) = field(annotations, key) {
+                f.lines.push(one_line(&v, QUOTE_MAX));
+            }
+        }
+        f.link("Runbook", get(annotations, "runbook_url"));
+    }
+}
+
+/// Present parts joined with spaces.
+fn join_present(parts: &[Option<Cow<'_, str>>]) -> String {
+    join_with(parts, " ")
+}
+
+fn join_with(parts: &[Option<Cow<'_, str>>], sep: &str) -> String {
+    let mut out = String::new();
+    for part in parts.iter().flatten() {
+        push_word(&mut out, part, sep);
+    }
+    out
+}
+
+fn push_part(out: &mut String, part: &str) {
+    push_word(out, part, ", ");
+}
+
+fn push_word(out: &mut String, part: &str, sep: &str) {
+    if !out.is_empty() {
+        out.push_str(sep);
+    }
+    out.push_str(part);
+}

@@ -1,0 +1,457 @@
+//! Settings and connections.
+//!
+//! One connection comes from the environment (the Functions app settings: `ITSMC_PRODUCT`, `ITSMC_URL`,
+//! ...); several named ones, with their templates and policy, from a TOML file named by
+//! `ITSMC_CONNECTIONS_FILE`. Everything is validated here, at start-up: an invalid setting stops itsmc
+//! with a message naming the setting and what is wrong, instead of failing on the first alert.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::HttpSettings;
+use crate::workitem::template::Template;
+use crate::workitem::{Fields, Grouping, OnResolve, Policy, RefireAfterClose, SeverityMap, WorkItemType};
+
+/// A secret value. It has no `Display`, and its `Debug` prints `***`, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A configuration error: which setting, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { setting: setting.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceNowAuth {
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// OAuth 2 password grant on `/oauth_token.do`.
+    OAuth {
+        username: String,
+        password: Secret,
+        client_id: String,
+        client_secret: Secret,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceNowSettings {
+    /// Instance base URL without a trailing slash, e.g. `https://contoso.service-now.com`.
+    pub url: String,
+    pub auth: ServiceNowAuth,
+}
+
+#[derive(Debug, Clone)]
+pub enum Product {
+    /// Renders the exact requests it would send, and sends nothing.
+    DryRun,
+    ServiceNow(ServiceNowSettings),
+}
+
+impl Product {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Product::DryRun => "dry-run",
+            Product::ServiceNow(_) => "servicenow",
+        }
+    }
+}
+
+/// One named connection to an ITSM tool, with its defaults and policy.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub product: Product,
+    pub work_item_type: WorkItemType,
+    pub grouping: Grouping,
+    pub policy: Policy,
+    /// Close notes on resolve; a template over the alert.
+    pub close_notes: Template,
+    /// ServiceNow's `short_description` is 160 characters by default; ITSMC cut it to 40.
+    pub short_description_max: usize,
+    pub severity: SeverityMap,
+    /// Default field values (product field names), applied to every work item.
+    pub fields: Fields,
+    /// Named field sets picked with `?template=NAME`; they override the defaults.
+    pub templates: BTreeMap<String, Fields>,
+}
+
+/// Outbox retry policy.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// After this long an operation that still fails is dead-lettered.
+    pub max_age: Duration,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long one instance holds an operation before another may take it over.
+    pub lease: Duration,
+    /// How often the local background worker looks for due work.
+    pub poll: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            max_age: Duration::from_secs(24 * 3600),
+            first_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    /// How long the alert route waits for the ITSM tool before it answers 202 and leaves the work to the outbox.
+    pub alert_budget: Duration,
+    pub outbox: OutboxSettings,
+    /// The first connection is the default one (`/api/alert` without `?connection=`).
+    pub connections: Vec<Arc<Connection>>,
+}
+
+impl Config {
+    /// Read from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Read through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(lookup("ITSMC_DATA_DIR").unwrap_or_else(|| "./itsmc-data".into()));
+        let http = HttpSettings { ca_file: lookup("ITSMC_CA_FILE"), ..HttpSettings::default() };
+        let alert_budget = Duration::from_millis(parse_number(&lookup, "ITSMC_ALERT_BUDGET_MS", 5_000, 100, 9_000)?);
+        let outbox = OutboxSettings {
+            max_age: Duration::from_secs(parse_number(&lookup, "ITSMC_OUTBOX_MAX_AGE_SECS", 86_400, 1, 7 * 86_400)?),
+            first_backoff: Duration::from_millis(parse_number(
+                &lookup,
+                "ITSMC_OUTBOX_BACKOFF_MS",
+                2_000,
+                1,
+                3_600_000,
+            )?),
+            ..OutboxSettings::default()
+        };
+        let connections = match lookup("ITSMC_CONNECTIONS_FILE") {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("ITSMC_CONNECTIONS_FILE", format!("cannot read {path}: {e}")))?;
+                connections_from_toml(&text, &lookup)
+                    .map_err(|e| invalid(format!("ITSMC_CONNECTIONS_FILE ({path}) {}", e.setting), e.message))?
+            }
+            None => vec![connection_from_env(&lookup)?],
+        };
+        Ok(Config {
+            data_dir,
+            http,
+            alert_budget,
+            outbox,
+            connections: connections.into_iter().map(Arc::new).collect(),
+        })
+    }
+
+    pub fn connection(&self, name: Option<&str>) -> Option<&Arc<Connection>> {
+        match name {
+            None | Some("") => self.connections.first(),
+            Some(name) => self.connections.iter().find(|c| c.name.eq_ignore_ascii_case(name)),
+        }
+    }
+}
+
+fn parse_number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match lookup(name) {
+        None => Ok(default),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(name, format!("'{raw}' is not a whole number from {min} to {max}"))),
+        },
+    }
+}
+
+fn parse_word<T: std::str::FromStr<Err = String>>(
+    setting: &str,
+    raw: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|e: String| invalid(setting, e)),
+    }
+}
+
+fn compile(setting: &str, source: &str) -> Result<Template, ConfigError> {
+    Template::compile(source).map_err(|e| invalid(setting, e.to_string()))
+}
+
+const DEFAULT_CLOSE_NOTES: &str =
+    "Resolved by Azure Monitor: alert \"{{ rule }}\" was resolved at {{ resolvedAt | default(\"(time not given)\") }}.";
+
+fn servicenow_url(setting: &str, raw: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        // Credentials travel with every request: plain http only to this machine (tests, a local tunnel).
+        "http" if loopback => {}
+        _ => return Err(invalid(setting, format!("'{raw}' must be an https:// URL"))),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(setting, "put credentials in their own settings, not in the URL"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn servicenow_auth(
+    prefix: &str,
+    username: Option<String>,
+    password: Option<Secret>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+) -> Result<ServiceNowAuth, ConfigError> {
+    let username = username.ok_or_else(|| invalid(format!("{prefix}USERNAME"), "ServiceNow needs a user name"))?;
+    let password =
+        password.ok_or_else(|| invalid(format!("{prefix}PASSWORD"), "ServiceNow needs the user's password"))?;
+    match (client_id, client_secret) {
+        (Some(client_id), Some(client_secret)) => {
+            Ok(ServiceNowAuth::OAuth { username, password, client_id, client_secret })
+        }
+        (None, None) => Ok(ServiceNowAuth::Basic { username, password }),
+        (Some(_), None) => {
+            Err(invalid(format!("{prefix}CLIENT_SECRET"), "OAuth needs the client secret with the client id"))
+        }
+        (None, Some(_)) => {
+            Err(invalid(format!("{prefix}CLIENT_ID"), "OAuth needs the client id with the client secret"))
+        }
+    }
+}
+
+fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Connection, ConfigError> {
+    let product = match lookup("ITSMC_PRODUCT").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("dry-run") | Some("dryrun") => Product::DryRun,
+        Some("servicenow") => {
+            let raw = lookup("ITSMC_URL").ok_or_else(|| invalid("ITSMC_URL", "ServiceNow needs the instance URL"))?;
+            let auth = servicenow_auth(
+                "ITSMC_",
+                lookup("ITSMC_USERNAME"),
+                lookup("ITSMC_PASSWORD").map(Secret),
+                lookup("ITSMC_CLIENT_ID"),
+                lookup("ITSMC_CLIENT_SECRET").map(Secret),
+            )?;
+            Product::ServiceNow(ServiceNowSettings { url: servicenow_url("ITSMC_URL", &raw)?, auth })
+        }
+        Some(other) => {
+            return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
+        }
+    };
+    let policy = Policy {
+        refire_after_close: parse_word(
+            "ITSMC_REFIRE_AFTER_CLOSE",
+            lookup("ITSMC_REFIRE_AFTER_CLOSE"),
+            RefireAfterClose::New,
+        )?,
+        on_resolve: parse_word("ITSMC_ON_RESOLVE", lookup("ITSMC_ON_RESOLVE"), OnResolve::Resolve)?,
+        close_code: lookup("ITSMC_CLOSE_CODE").unwrap_or_else(|| Policy::default().close_code),
+    };
+    let close_notes =
+        compile("ITSMC_CLOSE_NOTES", &lookup("ITSMC_CLOSE_NOTES").unwrap_or_else(|| DEFAULT_CLOSE_NOTES.into()))?;
+    let mut fields = Fields::new();
+    for (setting, field) in [
+        ("ITSMC_CALLER_ID", "caller_id"),
+        ("ITSMC_ASSIGNMENT_GROUP", "assignment_group"),
+        ("ITSMC_CATEGORY", "category"),
+        ("ITSMC_SUBCATEGORY", "subcategory"),
+        ("ITSMC_CONTACT_TYPE", "contact_type"),
+    ] {
+        if let Some(value) = lookup(setting) {
+            fields.insert(field.to_string(), compile(setting, &value)?);
+        }
+    }
+    Ok(Connection {
+        name: lookup("ITSMC_CONNECTION_NAME").unwrap_or_else(|| "default".into()),
+        product,
+        work_item_type: parse_word("ITSMC_WORK_ITEM_TYPE", lookup("ITSMC_WORK_ITEM_TYPE"), WorkItemType::Incident)?,
+        grouping: parse_word("ITSMC_GROUPING", lookup("ITSMC_GROUPING"), Grouping::Alert)?,
+        policy,
+        close_notes,
+        short_description_max: parse_number(lookup, "ITSMC_SHORT_DESCRIPTION_MAX", 160, 10, 4000)? as usize,
+        severity: SeverityMap::default(),
+        fields,
+        templates: BTreeMap::new(),
+    })
+}
+
+/// The TOML file: `[[connections]]` tables. Secrets may be given inline or, better, as the name of an
+/// environment variable (`password_env`, `client_secret_env`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnections {
+    connections: Vec<FileConnection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnection {
+    name: String,
+    product: String,
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<Secret>,
+    password_env: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    client_secret_env: Option<String>,
+    work_item_type: Option<String>,
+    grouping: Option<String>,
+    short_description_max: Option<usize>,
+    #[serde(default)]
+    policy: FilePolicy,
+    #[serde(default)]
+    severity: BTreeMap<String, crate::workitem::UrgencyImpact>,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+    #[serde(default)]
+    templates: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    refire_after_close: Option<String>,
+    on_resolve: Option<String>,
+    close_code: Option<String>,
+    close_notes: Option<String>,
+}
+
+fn secret_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    setting: &str,
+    inline: Option<Secret>,
+    env: Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, env) {
+        (Some(_), Some(_)) => Err(invalid(setting, format!("give {setting} or {setting}_env, not both"))),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(var)) => lookup(&var)
+            .map(|v| Some(Secret(v)))
+            .ok_or_else(|| invalid(format!("{setting}_env"), format!("the environment variable {var} is not set"))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn compile_fields(setting: &str, raw: BTreeMap<String, String>) -> Result<Fields, ConfigError> {
+    raw.into_iter().map(|(name, source)| Ok((name.clone(), compile(&format!("{setting}.{name}"), &source)?))).collect()
+}
+
+fn connections_from_toml(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<Connection>, ConfigError> {
+    let file: FileConnections = toml::from_str(text).map_err(|e| invalid("", e.to_string()))?;
+    if file.connections.is_empty() {
+        return Err(invalid("connections", "the file defines no [[connections]]"));
+    }
+    let mut out: Vec<Connection> = Vec::new();
+    for (i, c) in file.connections.into_iter().enumerate() {
+        let at = format!("connections[{i}] ({})", c.name);
+        if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            return Err(invalid(format!("{at}.name"), "use letters, digits, '-' and '_'"));
+        }
+        if out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)) {
+            return Err(invalid(format!("{at}.name"), "two connections have this name"));
+        }
+        let product = match c.product.to_ascii_lowercase().as_str() {
+            "dry-run" | "dryrun" => Product::DryRun,
+            "servicenow" => {
+                let raw = c.url.ok_or_else(|| invalid(format!("{at}.url"), "ServiceNow needs the instance URL"))?;
+                let password = secret_from(lookup, &format!("{at}.password"), c.password, c.password_env)?;
+                let client_secret =
+                    secret_from(lookup, &format!("{at}.client_secret"), c.client_secret, c.client_secret_env)?;
+                let auth = servicenow_auth(&format!("{at}."), c.username, password, c.client_id, client_secret)
+                    .map_err(|e| invalid(e.setting.to_ascii_lowercase(), e.message))?;
+                Product::ServiceNow(ServiceNowSettings { url: servicenow_url(&format!("{at}.url"), &raw)?, auth })
+            }
+            other => {
+                return Err(invalid(
+                    format!("{at}.product"),
+                    format!("'{other}' is not supported; use servicenow or dry-run"),
+                ));
+            }
+        };
+        let defaults = Policy::default();
+        let policy = Policy {
+            refire_after_close: parse_word(
+                &format!("{at}.policy.refire_after_close"),
+                c.policy.refire_after_close,
+                defaults.refire_after_close,
+            )?,
+            on_resolve: parse_word(&format!("{at}.policy.on_resolve"), c.policy.on_resolve, defaults.on_resolve)?,
+            close_code: c.policy.close_code.unwrap_or(defaults.close_code),
+        };
+        let mut severity = SeverityMap::default();
+        for (name, value) in c.severity {
+            let index = ["Sev0", "Sev1", "Sev2", "Sev3", "Sev4"]
+                .iter()
+                .position(|s| s.eq_ignore_ascii_case(&name))
+                .ok_or_else(|| invalid(format!("{at}.severity.{name}"), "use Sev0 to Sev4"))?;
+            if !(1..=3).contains(&value.urgency) || !(1..=3).contains(&value.impact) {
+                return Err(invalid(format!("{at}.severity.{name}"), "urgency and impact are 1 (high) to 3 (low)"));
+            }
+            severity.0[index] = value;
+        }
+        let templates = c
+            .templates
+            .into_iter()
+            .map(|(name, fields)| Ok((name.clone(), compile_fields(&format!("{at}.templates.{name}"), fields)?)))
+            .collect::<Result<_, ConfigError>>()?;
+        out.push(Connection {
+            name: c.name,
+            product,
+            work_item_type: parse_word(&format!("{at}.work_item_type"), c.work_item_type, WorkItemType::Incident)?,
+            grouping: parse_word(&format!("{at}.grouping"), c.grouping, Grouping::Alert)?,
+            policy,
+            close_notes: compile(
+                &format!("{at}.policy.close_notes"),
+                c.policy.close_notes.as_deref().unwrap_or(DEFAULT_CLOSE_NOTES),
+            )?,
+            short_description_max: c.short_description_max.unwrap_or(160).clamp(10, 4000),
+            severity,
+            fields: compile_fields(&format!("{at}.fields"), c.fields)?,
+            templates,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,55 @@
+//! The one outbound HTTP client builder: every client itsmc makes (ITSM tools, and later Azure services)
+//! comes from here, so TLS and timeouts are decided in one place.
+//!
+//! TLS is rustls with the platform's trust store, plus the PEM bundle named by `ITSMC_CA_FILE` for
+//! instances behind a corporate CA. There is deliberately no setting that turns verification off.
+
+use std::time::Duration;
+
+/// Why an HTTP client could not be built; names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ITSMC_CA_FILE: cannot read {path}: {source}")]
+    CaFileUnreadable { path: String, source: std::io::Error },
+    #[error("ITSMC_CA_FILE: {path} holds no PEM certificate ({reason})")]
+    CaFileInvalid { path: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// Settings that shape every client; read from the environment by [`crate::config`].
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Extra trust anchors (PEM), from `ITSMC_CA_FILE`.
+    pub ca_file: Option<String>,
+    /// Whole-request timeout; the alert path's budget is enforced separately, this bounds background work.
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { ca_file: None, request_timeout: Duration::from_secs(30) }
+    }
+}
+
+pub fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("itsmc/", env!("CARGO_PKG_VERSION")))
+        .timeout(settings.request_timeout)
+        .connect_timeout(Duration::from_secs(5))
+        // Keep enough idle connections per host for an alert storm: opening TLS connections costs far
+        // more than the requests themselves.
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true);
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable { path: path.clone(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ClientError::CaFileInvalid { path: path.clone(), reason: e.to_string() })?;
+        if certs.is_empty() {
+            return Err(ClientError::CaFileInvalid { path: path.clone(), reason: "no certificate found".into() });
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| ClientError::Build(e.to_string()))
+}

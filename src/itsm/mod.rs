@@ -1,0 +1,90 @@
+//! The ITSM products, behind one trait. Each product has its own folder with the same parts:
+//! its requests and mapping (what to send), its client (auth, sending, errors) and its tests.
+//! `dry_run` executes nothing and records what would have been sent.
+
+pub mod dry_run;
+pub mod servicenow;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{Connection, Product};
+use crate::workitem::{Content, WorkItemType};
+
+/// A work item in the ITSM tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WorkItem {
+    #[serde(rename = "type")]
+    pub kind: WorkItemType,
+    /// The product's id (ServiceNow `sys_id`; for events, the message key).
+    pub id: String,
+    /// The number people use (`INC0010001`), when the product has one.
+    pub number: Option<String>,
+    pub url: Option<String>,
+}
+
+/// A work item found by its correlation key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub item: WorkItem,
+    pub active: bool,
+}
+
+/// Why a call to the ITSM tool failed; the variant decides what the outbox does.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ItsmError {
+    /// Timeout, connection failure, 429 or 5xx: try again later (after `retry_after` if the tool said).
+    #[error("{message}")]
+    Transient { message: String, retry_after: Option<Duration> },
+    /// The tool refused our credentials even after renewing them. Retried, since an operator may fix them.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The work item no longer exists.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The tool rejected the request (400, a business rule): retrying the same request cannot help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+impl ItsmError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ItsmError::Transient { .. } | ItsmError::Auth(_))
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ItsmError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What one ITSM product can do for the alert path.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The newest work item of `kind` that carries this correlation key, open or closed.
+    async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError>;
+    async fn create(&self, kind: WorkItemType, content: &Content) -> Result<WorkItem, ItsmError>;
+    /// Whether a person or process has resolved or closed it since (a deleted one is not active).
+    async fn is_active(&self, item: &WorkItem) -> Result<bool, ItsmError>;
+    async fn add_note(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError>;
+    async fn resolve(
+        &self,
+        item: &WorkItem,
+        content: &Content,
+        close_code: &str,
+        close_notes: &str,
+    ) -> Result<(), ItsmError>;
+    async fn reopen(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError>;
+}
+
+/// Build the connector for a configured connection.
+pub fn connect(connection: &Connection, client: reqwest::Client, journal: Arc<dry_run::Journal>) -> Arc<dyn Connector> {
+    match &connection.product {
+        Product::DryRun => Arc::new(dry_run::DryRun::new(connection, journal)),
+        Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client)),
+    }
+}

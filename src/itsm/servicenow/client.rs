@@ -1,0 +1,155 @@
+//! Sending a [`Request`] to a ServiceNow instance and turning its answer into a value or an [`ItsmError`].
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+
+use super::auth::Auth;
+use super::requests::Request;
+use crate::itsm::ItsmError;
+
+pub struct Client {
+    pub base_url: String,
+    http: reqwest::Client,
+    auth: Auth,
+}
+
+impl Client {
+    pub fn new(base_url: String, http: reqwest::Client, auth: Auth) -> Client {
+        Client { base_url, http, auth }
+    }
+
+    /// Send the request; on a 401 to an OAuth token, renew the token and send it once more.
+    pub async fn send(&self, request: &Request) -> Result<Value, ItsmError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let url = format!("{}{}", self.base_url, request.path);
+        let mut renewed = false;
+        loop {
+            let mut builder = self.http.request(method.clone(), &url).header(ACCEPT, "application/json");
+            if !request.query.is_empty() {
+                builder = builder.query(&request.query);
+            }
+            if let Some(body) = &request.body {
+                builder = builder.json(body);
+            }
+            let builder = self.auth.apply(&self.http, builder).await?;
+            let response = builder.send().await.map_err(|e| transport_error(&describe(request), &e))?;
+            let status = response.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && self.auth.is_oauth() && !renewed {
+                self.auth.forget_access_token();
+                renewed = true;
+                continue;
+            }
+            if status.is_success() {
+                if status == reqwest::StatusCode::NO_CONTENT {
+                    return Ok(Value::Null);
+                }
+                return response.json::<Value>().await.map_err(|e| ItsmError::Transient {
+                    message: format!("ServiceNow's answer to {} could not be read: {e}", describe(request)),
+                    retry_after: None,
+                });
+            }
+            let retry = retry_after(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            return Err(classify(status.as_u16(), retry, &body, &describe(request)));
+        }
+    }
+}
+
+fn describe(request: &Request) -> String {
+    format!("{} {}", request.method, request.path)
+}
+
+/// ServiceNow's error envelope: `{"error": {"message", "detail"}, "status": "failure"}`.
+fn error_text(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
+    let detail = error.and_then(|e| e.get("detail")).and_then(Value::as_str).unwrap_or_default();
+    match (message.is_empty(), detail.is_empty()) {
+        (false, false) => format!("{message} ({detail})"),
+        (false, true) => message.to_string(),
+        (true, false) => detail.to_string(),
+        (true, true) => "no error message".to_string(),
+    }
+}
+
+fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str) -> ItsmError {
+    let message = format!("ServiceNow answered {what} with HTTP {status}: {}", error_text(body));
+    match status {
+        401 | 403 => ItsmError::Auth(format!(
+            "{message}; check the connection's user name and password, and that the user has the itil role"
+        )),
+        404 => ItsmError::NotFound(message),
+        408 | 429 | 500..=599 => ItsmError::Transient { message, retry_after },
+        _ => ItsmError::Rejected(message),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date; capped, so a confused server cannot park work for days.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match raw.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
+        }
+    };
+    Some(wait.min(Duration::from_secs(3600)))
+}
+
+pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
+    let reason = if error.is_timeout() {
+        "no answer in time".to_string()
+    } else if error.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "the connection failed".to_string()
+    };
+    // The source chain says why (refused, DNS, TLS certificate); it never holds our credentials.
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    let message = if detail.is_empty() {
+        format!("ServiceNow: {what}: {reason}")
+    } else {
+        format!("ServiceNow: {what}: {reason} ({detail})")
+    };
+    ItsmError::Transient { message, retry_after: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_what_the_outbox_needs() {
+        let body = r#"{"error":{"message":"User Not Authenticated","detail":"Required to provide Auth information"},"status":"failure"}"#;
+        let auth = classify(401, None, body, "GET /x");
+        assert!(
+            matches!(&auth, ItsmError::Auth(m) if m.contains("User Not Authenticated (Required to provide Auth information)"))
+        );
+        assert!(
+            matches!(classify(429, Some(Duration::from_secs(3)), "", "x"), ItsmError::Transient { retry_after: Some(d), .. } if d.as_secs() == 3)
+        );
+        assert!(matches!(classify(503, None, "<html>", "x"), ItsmError::Transient { .. }));
+        assert!(matches!(classify(404, None, "", "x"), ItsmError::NotFound(_)));
+        assert!(matches!(classify(400, None, "", "x"), ItsmError::Rejected(_)));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, "999999".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3600)));
+    }
+}

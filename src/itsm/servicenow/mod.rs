@@ -1,0 +1,113 @@
+//! ServiceNow: incidents and alerts through the Table API, events through Event Management (jsonv2).
+//!
+//! `requests` says what to send, `client` sends it, `auth` keeps the credentials fresh; this file maps
+//! the [`Connector`] operations onto them and reads the answers.
+
+mod auth;
+mod client;
+pub mod requests;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::{Connection, ServiceNowSettings};
+use crate::itsm::{Connector, Found, ItsmError, WorkItem};
+use crate::workitem::{Content, WorkItemType};
+
+pub struct ServiceNow {
+    connection: Connection,
+    client: client::Client,
+}
+
+impl ServiceNow {
+    pub fn new(connection: &Connection, settings: &ServiceNowSettings, http: reqwest::Client) -> ServiceNow {
+        let auth = auth::Auth::new(settings.auth.clone(), &settings.url);
+        ServiceNow { connection: connection.clone(), client: client::Client::new(settings.url.clone(), http, auth) }
+    }
+
+    fn work_item(&self, kind: WorkItemType, record: &Value) -> Result<WorkItem, ItsmError> {
+        let id = field(record, "sys_id");
+        if id.is_empty() {
+            return Err(ItsmError::Rejected("ServiceNow's answer has no sys_id".into()));
+        }
+        let number = Some(field(record, "number")).filter(|n| !n.is_empty());
+        let url = Some(format!("{}/nav_to.do?uri={}.do?sys_id={id}", self.client.base_url, requests::table(kind)));
+        Ok(WorkItem { kind, id, number, url })
+    }
+}
+
+/// A field of a Table API record: a plain string, or `{value, display_value}` when display values are on.
+fn field(record: &Value, name: &str) -> String {
+    match record.get(name) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o.get("value").and_then(Value::as_str).unwrap_or_default().to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Incidents are active until resolved (6), closed (7) or canceled (8); alerts until Closed.
+fn is_active(record: &Value) -> bool {
+    let active = field(record, "active");
+    let state = field(record, "state");
+    active != "false" && !matches!(state.as_str(), "6" | "7" | "8" | "Closed")
+}
+
+fn result(answer: Value) -> Value {
+    match answer {
+        Value::Object(mut o) => o.remove("result").unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+#[async_trait]
+impl Connector for ServiceNow {
+    async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError> {
+        let Some(request) = requests::find(kind, correlation_key) else { return Ok(None) };
+        let records = result(self.client.send(&request).await?);
+        match records.as_array().and_then(|r| r.first()) {
+            Some(record) => Ok(Some(Found { item: self.work_item(kind, record)?, active: is_active(record) })),
+            None => Ok(None),
+        }
+    }
+
+    async fn create(&self, kind: WorkItemType, content: &Content) -> Result<WorkItem, ItsmError> {
+        let answer = self.client.send(&requests::create(&self.connection, kind, content)).await?;
+        if kind == WorkItemType::Event {
+            // Event Management answers with a count, not a record: the message key is the handle.
+            return Ok(WorkItem { kind, id: content.correlation_key.clone(), number: None, url: None });
+        }
+        self.work_item(kind, &result(answer))
+    }
+
+    async fn is_active(&self, item: &WorkItem) -> Result<bool, ItsmError> {
+        if item.kind == WorkItemType::Event {
+            return Ok(true);
+        }
+        match self.client.send(&requests::status(item.kind, &item.id)).await {
+            Ok(answer) => Ok(is_active(&result(answer))),
+            Err(ItsmError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn add_note(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError> {
+        self.client.send(&requests::add_note(&self.connection, item.kind, &item.id, content, note)).await.map(drop)
+    }
+
+    async fn resolve(
+        &self,
+        item: &WorkItem,
+        content: &Content,
+        close_code: &str,
+        close_notes: &str,
+    ) -> Result<(), ItsmError> {
+        let request = requests::resolve(&self.connection, item.kind, &item.id, content, close_code, close_notes);
+        self.client.send(&request).await.map(drop)
+    }
+
+    async fn reopen(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError> {
+        self.client.send(&requests::reopen(&self.connection, item.kind, &item.id, content, note)).await.map(drop)
+    }
+}

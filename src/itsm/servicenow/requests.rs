@@ -1,0 +1,219 @@
+//! What itsmc sends to ServiceNow, as data: one function per operation builds a [`Request`]. The client
+//! sends it; dry-run records it. Keeping the mapping here, apart from sending, is what lets dry-run show
+//! the exact request.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::alert::Severity;
+use crate::config::Connection;
+use crate::workitem::{Content, WorkItemType};
+
+/// One HTTP request to the instance, relative to its base URL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+}
+
+impl Request {
+    fn get(path: String, query: Vec<(&'static str, String)>) -> Request {
+        Request { method: "GET", path, query, body: None }
+    }
+}
+
+/// Only what we read back, so ServiceNow does not serialize the whole record for every write.
+const FIELDS: &str = "sys_id,number,state,active";
+
+fn return_fields() -> (&'static str, String) {
+    ("sysparm_fields", FIELDS.to_string())
+}
+
+/// The Table API table behind a work item type. Events go through Event Management instead.
+pub fn table(kind: WorkItemType) -> &'static str {
+    match kind {
+        WorkItemType::Incident | WorkItemType::Event => "incident",
+        WorkItemType::Alert => "em_alert",
+    }
+}
+
+/// The field that carries the correlation key: incidents have `correlation_id`; alerts are keyed by
+/// `message_key`, which Event Management also uses to fold events into one alert.
+fn key_field(kind: WorkItemType) -> &'static str {
+    match kind {
+        WorkItemType::Alert | WorkItemType::Event => "message_key",
+        WorkItemType::Incident => "correlation_id",
+    }
+}
+
+/// Event Management severities: 1 Critical, 2 Major, 3 Minor, 4 Warning, 5 Info; 0 is Clear.
+fn em_severity(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Sev0 => "1",
+        Severity::Sev1 => "2",
+        Severity::Sev2 => "3",
+        Severity::Sev3 => "4",
+        Severity::Sev4 => "5",
+    }
+}
+
+/// The newest record with this key. The key is hex we made, so it cannot change the query's meaning;
+/// it is still checked, because an encoded query has no escaping at all.
+pub fn find(kind: WorkItemType, key: &str) -> Option<Request> {
+    if kind == WorkItemType::Event || key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Request::get(
+        format!("/api/now/table/{}", table(kind)),
+        vec![
+            ("sysparm_query", format!("{}={key}^ORDERBYDESCsys_created_on", key_field(kind))),
+            ("sysparm_fields", FIELDS.into()),
+            ("sysparm_limit", "1".into()),
+            ("sysparm_exclude_reference_link", "true".into()),
+        ],
+    ))
+}
+
+pub fn status(item_kind: WorkItemType, sys_id: &str) -> Request {
+    Request::get(
+        format!("/api/now/table/{}/{sys_id}", table(item_kind)),
+        vec![("sysparm_fields", FIELDS.into()), ("sysparm_exclude_reference_link", "true".into())],
+    )
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
+    }
+}
+
+fn event(connection: &Connection, content: &Content, severity: &str, description: &str) -> Request {
+    let mut record = Map::new();
+    record.insert("source".into(), json!("Azure Monitor"));
+    record.insert("event_class".into(), json!("itsmc"));
+    record.insert("node".into(), json!(content.configuration_item));
+    record.insert("severity".into(), json!(severity));
+    record.insert("description".into(), json!(description));
+    record.insert("message_key".into(), json!(content.correlation_key));
+    record.insert("type".into(), json!(truncate(&content.title, connection.short_description_max)));
+    for (name, value) in &content.fields {
+        record.insert(name.clone(), json!(value));
+    }
+    Request {
+        method: "POST",
+        path: "/api/global/em/jsonv2".into(),
+        query: Vec::new(),
+        body: Some(json!({ "records": [record] })),
+    }
+}
+
+/// Create the work item.
+pub fn create(connection: &Connection, kind: WorkItemType, content: &Content) -> Request {
+    if kind == WorkItemType::Event {
+        return event(connection, content, em_severity(content.severity), &content.description);
+    }
+    let title = truncate(&content.title, connection.short_description_max);
+    let mut body = Map::new();
+    match kind {
+        WorkItemType::Incident => {
+            let ui = connection.severity.get(content.severity);
+            body.insert("short_description".into(), json!(title));
+            body.insert("description".into(), json!(content.description));
+            body.insert("urgency".into(), json!(ui.urgency.to_string()));
+            body.insert("impact".into(), json!(ui.impact.to_string()));
+            body.insert("correlation_id".into(), json!(content.correlation_key));
+            body.insert("correlation_display".into(), json!("itsmc"));
+            if !content.configuration_item.is_empty() {
+                // A name, not a sys_id: the Table API looks a reference up by its display value.
+                body.insert("cmdb_ci".into(), json!(content.configuration_item));
+            }
+        }
+        WorkItemType::Alert => {
+            body.insert("message_key".into(), json!(content.correlation_key));
+            body.insert("description".into(), json!(content.description));
+            body.insert("severity".into(), json!(em_severity(content.severity)));
+            body.insert("source".into(), json!("Azure Monitor"));
+            body.insert("type".into(), json!(title));
+            body.insert("node".into(), json!(content.configuration_item));
+            body.insert("state".into(), json!("Open"));
+        }
+        WorkItemType::Event => unreachable!("handled above"),
+    }
+    for (name, value) in &content.fields {
+        body.insert(name.clone(), json!(value));
+    }
+    Request {
+        method: "POST",
+        path: format!("/api/now/table/{}", table(kind)),
+        query: vec![return_fields()],
+        body: Some(Value::Object(body)),
+    }
+}
+
+pub fn add_note(connection: &Connection, kind: WorkItemType, sys_id: &str, content: &Content, note: &str) -> Request {
+    match kind {
+        WorkItemType::Event => event(connection, content, em_severity(content.severity), note),
+        _ => patch(kind, sys_id, json!({ "work_notes": note })),
+    }
+}
+
+pub fn resolve(
+    connection: &Connection,
+    kind: WorkItemType,
+    sys_id: &str,
+    content: &Content,
+    close_code: &str,
+    close_notes: &str,
+) -> Request {
+    match kind {
+        // Severity 0 is Clear: Event Management closes the alert this message key opened.
+        WorkItemType::Event => event(connection, content, "0", close_notes),
+        WorkItemType::Alert => patch(kind, sys_id, json!({ "state": "Closed", "work_notes": close_notes })),
+        // 6 is Resolved; ServiceNow closes a resolved incident itself after its auto-close period.
+        WorkItemType::Incident => {
+            patch(kind, sys_id, json!({ "state": "6", "close_code": close_code, "close_notes": close_notes }))
+        }
+    }
+}
+
+pub fn reopen(connection: &Connection, kind: WorkItemType, sys_id: &str, content: &Content, note: &str) -> Request {
+    match kind {
+        WorkItemType::Event => event(connection, content, em_severity(content.severity), note),
+        WorkItemType::Alert => patch(kind, sys_id, json!({ "state": "Reopen", "work_notes": note })),
+        // 2 is In Progress: someone already owned it, so it goes back to them rather than to triage.
+        WorkItemType::Incident => patch(kind, sys_id, json!({ "state": "2", "work_notes": note })),
+    }
+}
+
+fn patch(kind: WorkItemType, sys_id: &str, body: Value) -> Request {
+    Request {
+        method: "PATCH",
+        path: format!("/api/now/table/{}/{sys_id}", table(kind)),
+        query: vec![return_fields()],
+        body: Some(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_refuses_anything_but_hex() {
+        assert!(find(WorkItemType::Incident, "abc123").is_some());
+        assert!(find(WorkItemType::Incident, "abc^NQactive=true").is_none());
+        // An empty key would match every record without one.
+        assert!(find(WorkItemType::Incident, "").is_none());
+        let request = find(WorkItemType::Incident, "00ff").expect("hex is accepted");
+        assert_eq!(request.query[0].1, "correlation_id=00ff^ORDERBYDESCsys_created_on");
+    }
+
+    #[test]
+    fn truncation_counts_characters() {
+        assert_eq!(truncate("héllo wörld", 4), "héll");
+        assert_eq!(truncate("short", 160), "short");
+    }
+}

@@ -1,0 +1,33 @@
+//! itsmc: Azure Monitor alerts to ITSM work items, and ITSM records back into Log Analytics.
+//!
+//! The alert path reads top to bottom: [`alert`] parses a payload, [`workitem`] decides what to do,
+//! [`store`] claims it, [`itsm`] calls the product, [`intake`] ties those together. [`server`] exposes it
+//! over HTTP for the Azure Functions host, Lambda and local use.
+
+pub mod alert;
+pub mod config;
+pub mod http;
+pub mod intake;
+pub mod itsm;
+pub mod logging;
+pub mod outbox;
+pub mod server;
+pub mod store;
+pub mod workitem;
+
+use std::sync::Arc;
+
+/// Everything a running itsmc holds, built once from the configuration.
+pub struct App {
+    pub intake: Arc<intake::Intake>,
+}
+
+impl App {
+    /// Open the store and build the clients; errors name what to fix.
+    pub fn start(config: config::Config) -> Result<App, String> {
+        let store = store::EmbeddedStore::open(&config.data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
+        let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
+        let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http));
+        Ok(App { intake })
+    }
+}

@@ -1,0 +1,195 @@
+//! The outbox: deliveries that could not finish in time (ITSM tool slow, 429, 5xx, down) are retried here
+//! with exponential backoff and jitter, honouring `Retry-After`, until they succeed or are dead-lettered.
+//!
+//! Pending deliveries live in the store (`state = pending`), so any instance can take one over: an
+//! instance takes a delivery by moving its lease forward with a compare-and-swap, and a lease that ran out
+//! (its instance died) is taken by the next drain. The local worker sleeps until the earliest known due
+//! time, and rescans the store every 30 s for work other instances left behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::OutboxSettings;
+use crate::intake::{Intake, Resolved, now_ms};
+use crate::store::{Entry, Filter, Swap, Table};
+
+/// How long to wait before attempt `attempt` (1-based): exponential with jitter, at least `retry_after`.
+pub fn backoff(settings: &OutboxSettings, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let base = settings.first_backoff.saturating_mul(1 << exponent).min(settings.max_backoff);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(jitter).max(retry_after.unwrap_or_default())
+}
+
+/// Tells the local worker when the next retry is due, so it need not poll the store.
+#[derive(Default)]
+pub struct Wakeup {
+    due: AtomicI64,
+    notify: Notify,
+}
+
+impl Wakeup {
+    pub fn at(&self, due_ms: i64) {
+        let current = self.due.load(Ordering::Relaxed);
+        if current == 0 || due_ms < current {
+            self.due.store(due_ms, Ordering::Relaxed);
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> i64 {
+        self.due.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// What one drain did, for the timer's answer and the logs.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DrainReport {
+    pub pending: usize,
+    pub attempted: usize,
+    pub succeeded: usize,
+    pub requeued: usize,
+    pub dead: usize,
+    /// The earliest time (ms) a pending delivery is due next, 0 when none.
+    #[serde(skip)]
+    pub next_due: i64,
+}
+
+/// How many deliveries one instance retries at once.
+const PARALLEL: usize = 64;
+
+/// Retry every due pending delivery once.
+pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
+    let mut report = DrainReport::default();
+    let mut due = Vec::new();
+    let mut continuation: Option<String> = None;
+    let now = now_ms();
+    loop {
+        let page = match intake
+            .store
+            .scan(Table::Deliveries, Some(Filter { field: "state", value: "pending" }), continuation.as_deref(), 1000)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "the outbox could not be read");
+                return report;
+            }
+        };
+        for entry in page.entries {
+            report.pending += 1;
+            let next =
+                entry.value["nextAttemptAt"].as_i64().unwrap_or(0).max(entry.value["leaseUntil"].as_i64().unwrap_or(0));
+            if next <= now {
+                due.push(entry);
+            } else if report.next_due == 0 || next < report.next_due {
+                report.next_due = next;
+            }
+        }
+        match page.continuation {
+            Some(c) => continuation = Some(c),
+            None => break,
+        }
+    }
+    let limit = Arc::new(Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for entry in due {
+        let intake = Arc::clone(intake);
+        let limit = Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            retry(&intake, entry).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Some(Ok(outcome))) if outcome.action == crate::intake::Action::Queued => {
+                report.attempted += 1;
+                report.requeued += 1;
+            }
+            Ok(Some(Ok(_))) => {
+                report.attempted += 1;
+                report.succeeded += 1;
+            }
+            Ok(Some(Err(_))) => {
+                report.attempted += 1;
+                report.dead += 1;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "an outbox retry panicked"),
+        }
+    }
+    report
+}
+
+/// Take the delivery's lease and run it; `None` when another instance took it first.
+async fn retry(
+    intake: &Arc<Intake>,
+    entry: Entry,
+) -> Option<Result<crate::intake::Outcome, crate::intake::IntakeError>> {
+    let mut record = entry.value;
+    record["leaseUntil"] = json!(now_ms() + intake.config.outbox.lease.as_millis() as i64);
+    let etag = match intake.store.replace(Table::Deliveries, &entry.key, &record, &entry.etag).await {
+        Ok(Swap::Replaced { etag }) => etag,
+        Ok(Swap::Stale(_)) => return None,
+        Err(e) => {
+            tracing::warn!(delivery = entry.key, error = %e, "could not take an outbox lease");
+            return None;
+        }
+    };
+    let body = record["body"].as_str().unwrap_or_default().to_string();
+    let resolved: Option<Resolved> = serde_json::from_value(record["options"].clone()).ok();
+    let (alert, resolved) = match (crate::alert::parse(body.as_bytes()), resolved) {
+        (Ok(alert), Some(resolved)) => (alert, resolved),
+        _ => {
+            // Written by us, so this is a bug or an incompatible version: keep it, visibly.
+            dead_letter(intake, &entry.key, &etag, record, "the stored delivery can no longer be read").await;
+            return Some(Err(crate::intake::IntakeError::Rejected("unreadable delivery".into())));
+        }
+    };
+    Some(intake.run(entry.key, etag, record, alert, resolved).await)
+}
+
+async fn dead_letter(intake: &Intake, key: &str, etag: &str, mut record: Value, reason: &str) {
+    record["state"] = json!("dead");
+    record["lastError"] = json!(reason);
+    record["deadAt"] = json!(now_ms());
+    tracing::error!(delivery = key, reason, "work item dead-lettered");
+    let _ = intake.store.replace(Table::Deliveries, key, &record, etag).await;
+}
+
+/// The local background worker: drains when something is due, and rescans every 30 s.
+pub async fn run_worker(intake: Arc<Intake>) {
+    const RESCAN: i64 = 30_000;
+    let mut next = now_ms();
+    loop {
+        let wait = (next - now_ms()).clamp(0, RESCAN) as u64;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = intake.wakeup.notify.notified() => {}
+        }
+        let hinted = intake.wakeup.take();
+        if hinted > 0 {
+            next = next.min(hinted);
+        }
+        if next > now_ms() {
+            continue;
+        }
+        let report = drain(&intake).await;
+        if report.attempted > 0 {
+            tracing::info!(?report, "outbox drained");
+        }
+        let poll = intake.config.outbox.poll.as_millis() as i64;
+        next = if report.next_due > 0 { report.next_due.max(now_ms() + poll) } else { now_ms() + RESCAN };
+        if report.requeued > 0 || report.pending > report.attempted {
+            // Retries that failed again set their own wake-up; also look again soon for leases running out.
+            next = next.min(now_ms() + poll.max(1_000));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! State: the one trait every store implements, and how the rest of itsmc uses it.
+//!
+//! The store is a set of tables of JSON values under string keys, each with an etag. Two primitives carry
+//! all concurrency: `insert` fails with `Conflict` when the key exists (a claim), and `replace` with an
+//! `if_match` etag fails with `Stale` when someone else wrote first (compare-and-swap). These are exactly
+//! Azure Table Storage's conditional insert (409) and `If-Match` (412), so the embedded store here and the
+//! Table Storage store of issue 3 pass the same test suite.
+
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+/// The tables itsmc keeps. Keys never contain `/ \ # ?` (Table Storage forbids them); callers use hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Correlation key -> the work item it is linked to (and its lifecycle state).
+    Links,
+    /// Delivery id -> the operation, its attempts, lease and outcome. Pending ones are the outbox.
+    Deliveries,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Links, Table::Deliveries];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Links => "links",
+            Table::Deliveries => "deliveries",
+        }
+    }
+}
+
+/// A stored value with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub etag: String,
+    pub value: Value,
+}
+
+/// Outcome of a conditional insert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Insert {
+    Inserted {
+        etag: String,
+    },
+    /// The key already existed; this is what is stored now.
+    Conflict(Entry),
+}
+
+/// Outcome of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Swap {
+    Replaced {
+        etag: String,
+    },
+    /// The etag did not match; this is what is stored now (`None`: the key is gone).
+    Stale(Option<Entry>),
+}
+
+/// One page of a scan, in key order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// Pass back to continue after the last entry; `None` when the scan is complete.
+    pub continuation: Option<String>,
+}
+
+/// Only entries whose top-level string field `field` equals `value` (Table Storage: `field eq 'value'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter<'a> {
+    pub field: &'a str,
+    pub value: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or written (disk full, server down). Nothing was changed.
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back (a bug, or a file from an incompatible version).
+    #[error("the state store holds data it cannot read: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Insert when the key is absent; never overwrites.
+    async fn insert(&self, table: Table, key: &str, value: &Value) -> Result<Insert, StoreError>;
+    /// Replace when the stored etag is `if_match`.
+    async fn replace(&self, table: Table, key: &str, value: &Value, if_match: &str) -> Result<Swap, StoreError>;
+    /// Delete when the stored etag is `if_match`; `Ok(false)` when it did not match or the key was absent.
+    async fn delete(&self, table: Table, key: &str, if_match: &str) -> Result<bool, StoreError>;
+    /// Entries in key order after `continuation`, at most `limit`, optionally filtered.
+    async fn scan(
+        &self,
+        table: Table,
+        filter: Option<Filter<'_>>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+    /// A short description for the health route, e.g. `embedded (./itsmc-data)`. Never contains secrets.
+    fn describe(&self) -> String;
+}

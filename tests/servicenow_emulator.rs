@@ -1,0 +1,819 @@
+//! The ServiceNow emulator behaves the way itsmc's client relies on a real instance behaving.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use support::servicenow::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_PASSWORD, DEFAULT_USERNAME, EmulatorConfig, ServiceNowEmulator,
+};
+
+const UNAUTHENTICATED: &str = r#"{"error":{"message":"User Not Authenticated","detail":"Required to provide Auth information"},"status":"failure"}"#;
+
+fn start() -> ServiceNowEmulator {
+    ServiceNowEmulator::start(EmulatorConfig::default())
+}
+
+fn table_url(emulator: &ServiceNowEmulator, table: &str) -> String {
+    format!("{}/api/now/table/{table}", emulator.url())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+}
+
+async fn get(client: &Client, url: &str, query: &[(&str, &str)]) -> reqwest::Response {
+    client
+        .get(url)
+        .basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD))
+        .query(query)
+        .send()
+        .await
+        .expect("request reaches the emulator")
+}
+
+async fn send_json(client: &Client, method: reqwest::Method, url: &str, body: Value) -> reqwest::Response {
+    client
+        .request(method, url)
+        .basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .expect("request reaches the emulator")
+}
+
+async fn create(client: &Client, emulator: &ServiceNowEmulator, table: &str, body: Value) -> Value {
+    let response = send_json(client, reqwest::Method::POST, &table_url(emulator, table), body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json::<Value>().await.unwrap()["result"].clone()
+}
+
+async fn query_numbers(client: &Client, emulator: &ServiceNowEmulator, query: &str) -> Vec<String> {
+    let response =
+        get(client, &table_url(emulator, "incident"), &[("sysparm_query", query), ("sysparm_fields", "number")]).await;
+    assert_eq!(response.status(), StatusCode::OK, "query {query}");
+    let body: Value = response.json().await.unwrap();
+    body["result"].as_array().unwrap().iter().map(|row| row["number"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn password_grant(client: &Client, emulator: &ServiceNowEmulator, password: &str) -> reqwest::Response {
+    client
+        .post(format!("{}/oauth_token.do", emulator.url()))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", DEFAULT_CLIENT_ID),
+            ("client_secret", DEFAULT_CLIENT_SECRET),
+            ("username", DEFAULT_USERNAME),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn refresh_grant(client: &Client, emulator: &ServiceNowEmulator, refresh_token: &str) -> reqwest::Response {
+    client
+        .post(format!("{}/oauth_token.do", emulator.url()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", DEFAULT_CLIENT_ID),
+            ("client_secret", DEFAULT_CLIENT_SECRET),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn bearer_status(client: &Client, emulator: &ServiceNowEmulator, token: &str) -> StatusCode {
+    client.get(table_url(emulator, "incident")).bearer_auth(token).send().await.unwrap().status()
+}
+
+fn is_timestamp(value: &str) -> bool {
+    chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S").is_ok()
+}
+
+/// rel → offset, from a `Link` header.
+fn link_offsets(link: &str) -> HashMap<String, i64> {
+    // Serialized query values have their commas percent-encoded, so a comma separates entries.
+    link.split(',')
+        .map(|entry| {
+            let (url, rel) = entry.split_once(";rel=").unwrap();
+            let url = url::Url::parse(url.trim_start_matches('<').trim_end_matches('>')).unwrap();
+            let offset = url.query_pairs().find(|(key, _)| key == "sysparm_offset").unwrap().1.parse().unwrap();
+            (rel.trim_matches('"').to_owned(), offset)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_stores_strings_and_returns_the_full_record_with_a_number() {
+    let emulator = start();
+    let client = Client::new();
+
+    let response = send_json(
+        &client,
+        reqwest::Method::POST,
+        &table_url(&emulator, "incident"),
+        json!({"short_description": "Disk full", "impact": 2, "urgency": 1, "u_flag": true, "u_none": null}),
+    )
+    .await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = header(response.headers(), "location").to_owned();
+    let created: Value = response.json::<Value>().await.unwrap()["result"].clone();
+    let sys_id = created["sys_id"].as_str().unwrap();
+    assert_eq!(location, format!("{}/{sys_id}", table_url(&emulator, "incident")));
+    assert_eq!(sys_id.len(), 32);
+    assert!(sys_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(created["number"], "INC0010001");
+    assert_eq!(created["impact"], "2");
+    assert_eq!(created["urgency"], "1");
+    assert_eq!(created["priority"], "2", "impact 2 × urgency 1");
+    assert_eq!(created["u_flag"], "true");
+    assert_eq!(created["u_none"], "");
+    assert_eq!(created["state"], "1");
+    assert_eq!(created["active"], "true");
+    assert_eq!(created["sys_created_by"], DEFAULT_USERNAME);
+    assert!(is_timestamp(created["sys_created_on"].as_str().unwrap()));
+    assert!(is_timestamp(created["sys_updated_on"].as_str().unwrap()));
+    assert_eq!(
+        created["sys_domain"],
+        json!({"link": format!("{}/global", table_url(&emulator, "sys_user_group")), "value": "global"})
+    );
+
+    let stored = emulator.record("incident", sys_id).unwrap();
+    assert!(stored.values().all(Value::is_string), "{stored:?}");
+    let second = create(&client, &emulator, "incident", json!({"short_description": "x"})).await;
+    assert_eq!(second["number"], "INC0010002");
+    let change = create(&client, &emulator, "change_request", json!({})).await;
+    assert_eq!(change["number"], "CHG0010001");
+    assert_eq!(emulator.count("incident"), 2);
+
+    let fetched: Value = get(&client, &location, &[]).await.json().await.unwrap();
+    assert_eq!(fetched["result"], created);
+}
+
+#[tokio::test]
+async fn journal_fields_are_appended_and_read_back_empty() {
+    let emulator = start();
+    let client = Client::new();
+    let incident =
+        create(&client, &emulator, "incident", json!({"short_description": "CPU", "work_notes": "opened by itsmc"}))
+            .await;
+    let sys_id = incident["sys_id"].as_str().unwrap();
+    let url = format!("{}/{sys_id}", table_url(&emulator, "incident"));
+
+    let response = send_json(
+        &client,
+        reqwest::Method::PATCH,
+        &url,
+        json!({"work_notes": "alert fired again", "comments": "we are on it", "state": 2}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let updated: Value = response.json::<Value>().await.unwrap()["result"].clone();
+    assert_eq!(updated["work_notes"], "");
+    assert_eq!(updated["comments"], "");
+    assert_eq!(updated["state"], "2");
+    assert_eq!(updated["sys_mod_count"], "1");
+
+    assert_eq!(
+        emulator.journal(sys_id),
+        vec![
+            ("work_notes".to_owned(), "opened by itsmc".to_owned()),
+            ("work_notes".to_owned(), "alert fired again".to_owned()),
+            ("comments".to_owned(), "we are on it".to_owned()),
+        ]
+    );
+    let entries: Value = get(
+        &client,
+        &table_url(&emulator, "sys_journal_field"),
+        &[("sysparm_query", &format!("element_id={sys_id}^element=comments"))],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(entries["result"].as_array().unwrap().len(), 1);
+    assert_eq!(entries["result"][0]["value"], "we are on it");
+}
+
+#[tokio::test]
+async fn incident_state_drives_active_and_resolution_fields() {
+    let emulator = start();
+    let client = Client::new();
+    let sys_id = emulator.insert("incident", json!({"short_description": "seeded"}));
+    let url = format!("{}/{sys_id}", table_url(&emulator, "incident"));
+
+    let resolved: Value =
+        send_json(&client, reqwest::Method::PATCH, &url, json!({"state": "6", "close_code": "Solved"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(resolved["result"]["active"], "false");
+    assert!(is_timestamp(resolved["result"]["resolved_at"].as_str().unwrap()));
+    assert_eq!(resolved["result"]["closed_at"], "");
+
+    // Closed by a person in the UI, as the connector would find it on its next poll.
+    assert!(emulator.update("incident", &sys_id, json!({"state": 7})));
+    let closed = emulator.record("incident", &sys_id).unwrap();
+    assert_eq!(closed["active"], "false");
+    assert_eq!(closed["incident_state"], "7");
+    assert!(is_timestamp(closed["closed_at"].as_str().unwrap()));
+
+    let reopened: Value =
+        send_json(&client, reqwest::Method::PUT, &url, json!({"state": 2})).await.json().await.unwrap();
+    assert_eq!(reopened["result"]["active"], "true");
+    assert_eq!(reopened["result"]["closed_at"], "");
+    assert_eq!(reopened["result"]["reopen_count"], "1");
+    assert!(!emulator.update("incident", "0123456789abcdef0123456789abcdef", json!({"state": 7})));
+}
+
+#[tokio::test]
+async fn encoded_queries_filter_and_order() {
+    let emulator = start();
+    let client = Client::new();
+    let seeds = [
+        ("INC0000001", "2024-01-01 10:00:00", "1", "disk full on db1", ""),
+        ("INC0000002", "2024-01-02 10:00:00", "2", "cpu high", "beth"),
+        ("INC0000003", "2024-01-03 10:00:00", "4", "disk slow", ""),
+        ("INC0000004", "2024-01-04 10:00:00", "5", "memory", "abel"),
+        ("INC0000005", "2024-01-05 10:00:00", "1", "network ^ down", ""),
+    ];
+    for (number, created, priority, description, assignee) in seeds {
+        emulator.insert(
+            "incident",
+            json!({"number": number, "sys_created_on": created, "priority": priority,
+                   "short_description": description, "assigned_to": assignee}),
+        );
+    }
+
+    let cases: &[(&str, &[&str])] = &[
+        ("sys_created_on>=2024-01-03 00:00:00^ORDERBYDESCsys_created_on", &["INC0000005", "INC0000004", "INC0000003"]),
+        ("sys_created_on<2024-01-02 10:00:00", &["INC0000001"]),
+        ("priority=1^ORpriority=2^ORDERBYnumber", &["INC0000001", "INC0000002", "INC0000005"]),
+        ("priority<=2^short_descriptionLIKEdisk", &["INC0000001"]),
+        ("short_descriptionSTARTSWITHdisk^NQpriorityIN4,5", &["INC0000001", "INC0000003", "INC0000004"]),
+        ("assigned_toISNOTEMPTY^ORDERBYDESCnumber", &["INC0000004", "INC0000002"]),
+        ("assigned_toISEMPTY^priority!=1", &["INC0000003"]),
+        (
+            "ORDERBYpriority^ORDERBYDESCsys_created_on",
+            &["INC0000005", "INC0000001", "INC0000002", "INC0000003", "INC0000004"],
+        ),
+        ("short_description=network ^^ down", &["INC0000005"]),
+        ("priorityNOT IN1,2^short_descriptionNOT LIKEmemory", &["INC0000003"]),
+        ("sys_created_onBETWEEN2024-01-02 00:00:00@2024-01-03 23:59:59", &["INC0000002", "INC0000003"]),
+        // ServiceNow ignores the parts of a query it cannot parse and filters on the rest.
+        ("bogus!!value^priority=1^ORDERBY", &["INC0000001", "INC0000005"]),
+        // An unknown field is empty on every record.
+        ("u_nonexistent=x", &[]),
+        ("u_nonexistentISEMPTY^priority=5", &["INC0000004"]),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(query_numbers(&client, &emulator, query).await, *expected, "query {query}");
+    }
+
+    // Plain field=value parameters are the documented shorthand for sysparm_query.
+    let shorthand: Value =
+        get(&client, &table_url(&emulator, "incident"), &[("priority", "4")]).await.json().await.unwrap();
+    assert_eq!(shorthand["result"][0]["number"], "INC0000003");
+    assert_eq!(shorthand["result"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn lists_carry_total_count_and_link_header() {
+    let emulator = start();
+    let client = Client::new();
+    for n in 1..=5 {
+        emulator.insert("incident", json!({"short_description": format!("alert {n}")}));
+    }
+
+    let response = get(
+        &client,
+        &table_url(&emulator, "incident"),
+        &[("sysparm_query", "ORDERBYnumber"), ("sysparm_limit", "2"), ("sysparm_offset", "2")],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(response.headers(), "x-total-count"), "5");
+    let links = link_offsets(header(response.headers(), "link"));
+    assert_eq!(links["first"], 0);
+    assert_eq!(links["prev"], 0);
+    assert_eq!(links["next"], 4);
+    assert_eq!(links["last"], 3);
+    assert!(header(response.headers(), "link").contains("sysparm_query=ORDERBYnumber"));
+    let body: Value = response.json().await.unwrap();
+    let numbers: Vec<&str> = body["result"].as_array().unwrap().iter().map(|r| r["number"].as_str().unwrap()).collect();
+    assert_eq!(numbers, ["INC0010003", "INC0010004"]);
+
+    let last_page =
+        get(&client, &table_url(&emulator, "incident"), &[("sysparm_limit", "2"), ("sysparm_offset", "4")]).await;
+    let links = link_offsets(header(last_page.headers(), "link"));
+    assert!(!links.contains_key("next"), "no next page after the last one");
+    let body: Value = last_page.json().await.unwrap();
+    assert_eq!(body["result"].as_array().unwrap().len(), 1);
+
+    let empty = get(&client, &table_url(&emulator, "problem"), &[]).await;
+    assert_eq!(header(empty.headers(), "x-total-count"), "0");
+    assert_eq!(empty.json::<Value>().await.unwrap(), json!({"result": []}));
+}
+
+#[tokio::test]
+async fn fields_display_values_and_reference_links() {
+    let emulator = start();
+    let client = Client::new();
+    let caller = emulator.insert("sys_user", json!({"name": "Beth Anglin", "user_name": "beth.anglin"}));
+    let incident = emulator.insert(
+        "incident",
+        json!({"short_description": "Printer", "state": "2", "caller_id": caller, "cmdb_ci": "0123456789abcdef0123456789abcdef"}),
+    );
+    let url = format!("{}/{incident}", table_url(&emulator, "incident"));
+    let caller_link = format!("{}/{caller}", table_url(&emulator, "sys_user"));
+    let fields = ("sysparm_fields", "number,state,caller_id,cmdb_ci");
+
+    let raw: Value = get(&client, &url, &[fields]).await.json().await.unwrap();
+    assert_eq!(
+        raw["result"],
+        json!({
+            "number": "INC0010001",
+            "state": "2",
+            "caller_id": {"link": caller_link, "value": caller},
+            "cmdb_ci": {"link": format!("{}/0123456789abcdef0123456789abcdef", table_url(&emulator, "cmdb_ci")),
+                        "value": "0123456789abcdef0123456789abcdef"},
+        })
+    );
+
+    let all: Value = get(&client, &url, &[fields, ("sysparm_display_value", "all")]).await.json().await.unwrap();
+    assert_eq!(all["result"]["state"], json!({"display_value": "In Progress", "value": "2"}));
+    assert_eq!(
+        all["result"]["caller_id"],
+        json!({"display_value": "Beth Anglin", "link": caller_link, "value": caller})
+    );
+    // Unknown referenced record: the raw value stands in for the display value.
+    assert_eq!(all["result"]["cmdb_ci"]["display_value"], "0123456789abcdef0123456789abcdef");
+
+    let shown: Value =
+        get(&client, &url, &[fields, ("sysparm_display_value", "true"), ("sysparm_exclude_reference_link", "true")])
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(shown["result"]["state"], "In Progress");
+    assert_eq!(shown["result"]["caller_id"], "Beth Anglin");
+
+    let plain: Value =
+        get(&client, &url, &[("sysparm_fields", "caller_id"), ("sysparm_exclude_reference_link", "true")])
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(plain["result"], json!({"caller_id": caller}));
+}
+
+#[tokio::test]
+async fn missing_records_answer_404_and_delete_answers_204() {
+    let emulator = start();
+    let client = Client::new();
+    let sys_id = emulator.insert("incident", json!({}));
+    let url = format!("{}/{sys_id}", table_url(&emulator, "incident"));
+    let missing = format!("{}/0123456789abcdef0123456789abcdef", table_url(&emulator, "incident"));
+
+    let not_found = get(&client, &missing, &[]).await;
+    assert_eq!(not_found.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        not_found.json::<Value>().await.unwrap(),
+        json!({"error": {"message": "No Record found", "detail": "Record doesn't exist or ACL restricts the record retrieval"}, "status": "failure"})
+    );
+    let patch_missing = send_json(&client, reqwest::Method::PATCH, &missing, json!({"state": 2})).await;
+    assert_eq!(patch_missing.status(), StatusCode::NOT_FOUND);
+
+    let deleted = client.delete(&url).basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD)).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert!(deleted.bytes().await.unwrap().is_empty());
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(emulator.count("incident"), 0);
+}
+
+#[tokio::test]
+async fn requests_without_valid_credentials_get_401() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(header(anonymous.headers(), "www-authenticate"), r#"BASIC realm="Service-now""#);
+    assert_eq!(anonymous.text().await.unwrap(), UNAUTHENTICATED);
+
+    let wrong_password = client.get(&url).basic_auth(DEFAULT_USERNAME, Some("nope")).send().await.unwrap();
+    assert_eq!(wrong_password.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong_password.text().await.unwrap(), UNAUTHENTICATED);
+
+    let unknown_token = client.get(&url).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(unknown_token.status(), StatusCode::UNAUTHORIZED);
+
+    let em = client
+        .post(format!("{}/api/global/em/jsonv2", emulator.url()))
+        .json(&json!({"records": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(em.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(emulator.count("em_event"), 0);
+
+    let log: Vec<(String, u16)> =
+        emulator.requests().into_iter().map(|entry| (entry.authorization_kind, entry.status)).collect();
+    assert_eq!(
+        log,
+        [("none".to_owned(), 401), ("basic".to_owned(), 401), ("bearer".to_owned(), 401), ("none".to_owned(), 401)]
+    );
+}
+
+#[tokio::test]
+async fn oauth_password_refresh_and_revocation() {
+    let emulator = start();
+    let client = Client::new();
+
+    let granted = password_grant(&client, &emulator, DEFAULT_PASSWORD).await;
+    assert_eq!(granted.status(), StatusCode::OK);
+    let tokens: Value = granted.json().await.unwrap();
+    assert_eq!(tokens["scope"], "useraccount");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 1799);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(access.len(), 86);
+    assert_ne!(access, refresh);
+    assert_eq!(bearer_status(&client, &emulator, &access).await, StatusCode::OK);
+    assert_eq!(emulator.requests().last().unwrap().authorization_kind, "bearer");
+
+    // While the access token is valid, asking again returns the same one.
+    let again: Value = password_grant(&client, &emulator, DEFAULT_PASSWORD).await.json().await.unwrap();
+    assert_eq!(again["access_token"], access.as_str());
+
+    emulator.expire_access_tokens();
+    assert_eq!(bearer_status(&client, &emulator, &access).await, StatusCode::UNAUTHORIZED);
+    let refreshed = refresh_grant(&client, &emulator, &refresh).await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    let refreshed: Value = refreshed.json().await.unwrap();
+    let new_access = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(new_access, access);
+    assert_eq!(refreshed["refresh_token"], refresh.as_str(), "a refresh grant returns the current refresh token");
+    assert_eq!(bearer_status(&client, &emulator, &new_access).await, StatusCode::OK);
+
+    emulator.revoke_refresh_tokens();
+    let denied = json!({"error_description": "access_denied", "error": "server_error"});
+    let revoked = refresh_grant(&client, &emulator, &refresh).await;
+    assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(revoked.text().await.unwrap(), r#"{"error_description":"access_denied","error":"server_error"}"#);
+    assert_eq!(
+        bearer_status(&client, &emulator, &new_access).await,
+        StatusCode::OK,
+        "access tokens outlive revocation"
+    );
+
+    let bad_password = password_grant(&client, &emulator, "wrong").await;
+    assert_eq!(bad_password.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(bad_password.json::<Value>().await.unwrap(), denied);
+    let bad_client = client
+        .post(format!("{}/oauth_token.do", emulator.url()))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", DEFAULT_CLIENT_ID),
+            ("client_secret", "wrong"),
+            ("username", DEFAULT_USERNAME),
+            ("password", DEFAULT_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_client.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(bad_client.json::<Value>().await.unwrap(), denied);
+    let unknown_refresh = refresh_grant(&client, &emulator, "never-issued").await;
+    assert_eq!(unknown_refresh.status(), StatusCode::UNAUTHORIZED);
+
+    // After revocation, credentials still get a fresh, working refresh token.
+    let relogin: Value = password_grant(&client, &emulator, DEFAULT_PASSWORD).await.json().await.unwrap();
+    let new_refresh = relogin["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(new_refresh, refresh);
+    assert_eq!(refresh_grant(&client, &emulator, &new_refresh).await.status(), StatusCode::OK);
+
+    assert_eq!(
+        emulator.token_grants(),
+        [
+            "password",
+            "password",
+            "refresh_token",
+            "refresh_token",
+            "password",
+            "password",
+            "refresh_token",
+            "password",
+            "refresh_token"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn short_lived_access_tokens_expire_by_themselves() {
+    let emulator = ServiceNowEmulator::start(EmulatorConfig {
+        access_token_lifetime: Duration::from_millis(300),
+        ..EmulatorConfig::default()
+    });
+    let client = Client::new();
+    let tokens: Value = password_grant(&client, &emulator, DEFAULT_PASSWORD).await.json().await.unwrap();
+    assert_eq!(tokens["expires_in"], 0);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(bearer_status(&client, &emulator, access).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(bearer_status(&client, &emulator, access).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let emulator = ServiceNowEmulator::start(EmulatorConfig { rate_limit: Some(2), ..EmulatorConfig::default() });
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+
+    emulator.set_rate_limit(Some(2));
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..3 {
+        let response = get(&client, &url, &[]).await;
+        statuses.push(response.status());
+        assert_eq!(header(response.headers(), "x-ratelimit-limit"), "2");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+        }
+    }
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    let refused = refused.unwrap();
+    let retry_after: u64 = header(refused.headers(), "retry-after").parse().unwrap();
+    assert_eq!(retry_after, 1, "a one-second window");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Rate limit exceeded");
+    assert_eq!(body["status"], "failure");
+
+    // OAuth requests count too.
+    let token = password_grant(&client, &emulator, DEFAULT_PASSWORD).await;
+    assert_eq!(token.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    tokio::time::sleep(Duration::from_secs(retry_after) + Duration::from_millis(50)).await;
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+
+    emulator.set_rate_limit(None);
+    for _ in 0..5 {
+        let response = get(&client, &url, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("x-ratelimit-limit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn fail_next_injects_failures_then_recovers() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+
+    emulator.fail_next(2, 503, Some(7));
+    emulator.fail_next(1, 500, None);
+    for _ in 0..2 {
+        let response = send_json(&client, reqwest::Method::POST, &url, json!({"short_description": "x"})).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(response.headers(), "retry-after"), "7");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "failure");
+        assert!(body["error"]["message"].is_string());
+    }
+    let token = password_grant(&client, &emulator, DEFAULT_PASSWORD).await;
+    assert_eq!(token.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(token.headers().get("retry-after").is_none());
+    assert_eq!(emulator.count("incident"), 0, "failed requests have no effect");
+
+    emulator.fail_next(1, 429, Some(2));
+    let throttled = get(&client, &url, &[]).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(throttled.headers(), "retry-after"), "2");
+
+    create(&client, &emulator, "incident", json!({"short_description": "x"})).await;
+    let statuses: Vec<u16> = emulator.requests().iter().map(|entry| entry.status).collect();
+    assert_eq!(statuses, [503, 503, 500, 429, 201]);
+}
+
+#[tokio::test]
+async fn a_down_instance_answers_503() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+
+    emulator.set_down(true);
+    let response = get(&client, &url, &[]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "failure");
+    assert_eq!(body["error"]["message"], "Service Unavailable");
+    assert_eq!(password_grant(&client, &emulator, DEFAULT_PASSWORD).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    emulator.set_down(false);
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn stop_listening_refuses_connections_until_resumed() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+
+    emulator.stop_listening();
+    let pooled = client.get(&url).basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD)).send().await;
+    assert!(pooled.is_err(), "the pooled connection was closed too");
+    let fresh = Client::new().get(&url).basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD)).send().await.unwrap_err();
+    assert!(fresh.is_connect(), "{fresh:?}");
+    emulator.stop_listening();
+
+    emulator.resume();
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+    emulator.resume();
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn latency_delays_every_answer() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+
+    emulator.set_latency(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(&client, &url, &[]).await.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    emulator.set_latency(Duration::ZERO);
+    let started = Instant::now();
+    get(&client, &url, &[]).await;
+    assert!(started.elapsed() < Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn event_management_creates_updates_and_clears_alerts() {
+    let emulator = start();
+    let client = Client::new();
+    let endpoint = format!("{}/api/global/em/jsonv2", emulator.url());
+    let event = |severity: Value, description: &str| {
+        json!({"source": "Fides", "event_class": "Fides", "node": "web01", "type": "probe",
+               "resource": "api", "metric_name": "latency", "severity": severity,
+               "description": description, "message_key": "fides-web01",
+               "additional_info": {"azure_alert_id": "a1"}})
+    };
+
+    let response =
+        send_json(&client, reqwest::Method::POST, &endpoint, json!({"records": [event(json!("4"), "slow")]})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"result": {"Default Bulk Endpoint": "1 events were inserted"}})
+    );
+    let alerts = emulator.records("em_alert");
+    assert_eq!(alerts.len(), 1);
+    let alert = &alerts[0];
+    assert_eq!(alert["number"], "Alert0010001");
+    assert_eq!(alert["state"], "Open");
+    assert_eq!(alert["severity"], "4");
+    assert_eq!(alert["message_key"], "fides-web01");
+    assert_eq!(alert["node"], "web01");
+    assert_eq!(alert["source"], "Fides");
+    assert_eq!(alert["event_count"], "1");
+    let alert_id = alert["sys_id"].as_str().unwrap().to_owned();
+    let stored_event = &emulator.records("em_event")[0];
+    assert_eq!(stored_event["additional_info"], r#"{"azure_alert_id":"a1"}"#);
+    assert_eq!(stored_event["alert"], alert_id.as_str());
+
+    let response = send_json(
+        &client,
+        reqwest::Method::POST,
+        &endpoint,
+        json!({"records": [event(json!(2), "slower"), event(json!(1), "down")]}),
+    )
+    .await;
+    assert_eq!(response.json::<Value>().await.unwrap()["result"]["Default Bulk Endpoint"], "2 events were inserted");
+    let alert = emulator.record("em_alert", &alert_id).unwrap();
+    assert_eq!(alert["severity"], "1");
+    assert_eq!(alert["description"], "down");
+    assert_eq!(alert["event_count"], "3");
+    assert_eq!(emulator.count("em_alert"), 1);
+
+    send_json(&client, reqwest::Method::POST, &endpoint, json!({"records": [event(json!(0), "recovered")]})).await;
+    assert_eq!(emulator.record("em_alert", &alert_id).unwrap()["state"], "Closed");
+
+    // A new problem after the clear opens a new alert; the closed one is not reused.
+    send_json(&client, reqwest::Method::POST, &endpoint, json!({"records": [event(json!("3"), "again")]})).await;
+    let open: Vec<_> = emulator.records("em_alert").into_iter().filter(|a| a["state"] == "Open").collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0]["number"], "Alert0010002");
+    assert_eq!(emulator.count("em_event"), 5);
+
+    // Events inserted through the Table API are processed the same way; the key defaults to
+    // source+node+type+resource+metric_name.
+    create(&client, &emulator, "em_event", json!({"source": "SCOM", "node": "db1", "type": "disk", "severity": 2}))
+        .await;
+    let scom = emulator.records("em_alert").into_iter().find(|alert| alert["source"] == "SCOM").unwrap();
+    assert_eq!(scom["message_key"], "SCOMdb1disk");
+    assert_eq!(scom["severity"], "2");
+
+    let alerts: Value =
+        get(&client, &table_url(&emulator, "em_alert"), &[("sysparm_query", "state=Open^ORDERBYnumber")])
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(alerts["result"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_servicenow_errors_not_panics() {
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+    let authed = |builder: reqwest::RequestBuilder| builder.basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD));
+
+    for body in ["not json", "[1,2]", "", "{\"a\":"] {
+        let response =
+            authed(client.post(&url).header("content-type", "application/json").body(body)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "body {body:?}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["message"], "Exception while reading request");
+    }
+
+    let odd_queries = [
+        "^^^",
+        "^",
+        "ORDERBY",
+        "ORDERBYDESC",
+        "=x",
+        "ORpriority=1",
+        "NQ",
+        "NQ^NQ",
+        "priorityBETWEEN",
+        "priorityBETWEEN1",
+        "%ZZ",
+        "a\u{e9}=\u{1f600}",
+        "sys_created_on>=",
+        "^OR^NQ^EQ",
+        "GROUPBYpriority",
+    ];
+    for query in odd_queries {
+        let response =
+            get(&client, &url, &[("sysparm_query", query), ("sysparm_limit", "-5"), ("sysparm_offset", "abc")]).await;
+        assert_eq!(response.status(), StatusCode::OK, "query {query:?}");
+    }
+    let huge_offset =
+        get(&client, &url, &[("sysparm_offset", "18446744073709551615"), ("sysparm_limit", "18446744073709551615")])
+            .await;
+    assert_eq!(huge_offset.status(), StatusCode::OK);
+
+    let invalid_table = get(&client, &table_url(&emulator, "no-such%20table"), &[]).await;
+    assert_eq!(invalid_table.status(), StatusCode::BAD_REQUEST);
+    let unknown_api = get(&client, &format!("{}/api/now/nothing/here", emulator.url()), &[]).await;
+    assert_eq!(unknown_api.status(), StatusCode::BAD_REQUEST);
+    let outside_api = get(&client, &format!("{}/index.do", emulator.url()), &[]).await;
+    assert_eq!(outside_api.status(), StatusCode::NOT_FOUND);
+    let wrong_method = authed(client.post(format!("{url}/0123456789abcdef0123456789abcdef"))).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let oauth_get = client.get(format!("{}/oauth_token.do", emulator.url())).send().await.unwrap();
+    assert_eq!(oauth_get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let oauth_json = client
+        .post(format!("{}/oauth_token.do", emulator.url()))
+        .json(&json!({"grant_type": "password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oauth_json.status(), StatusCode::UNAUTHORIZED);
+    let no_records = send_json(
+        &client,
+        reqwest::Method::POST,
+        &format!("{}/api/global/em/jsonv2", emulator.url()),
+        json!({"events": []}),
+    )
+    .await;
+    assert_eq!(no_records.status(), StatusCode::BAD_REQUEST);
+    let garbage_auth = client.get(&url).header("authorization", "Basic %%%").send().await.unwrap();
+    assert_eq!(garbage_auth.status(), StatusCode::UNAUTHORIZED);
+
+    // Versioned URLs and X-no-response-body work, and the emulator still answers normally.
+    let quiet = authed(client.post(format!("{}/api/now/v2/table/incident", emulator.url())))
+        .header("x-no-response-body", "true")
+        .json(&json!({"short_description": "quiet"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quiet.status(), StatusCode::CREATED);
+    assert!(quiet.bytes().await.unwrap().is_empty());
+    assert_eq!(emulator.count("incident"), 1);
+}

@@ -1,0 +1,673 @@
+//! The `Store` contract, run against every implementation, then what only the embedded store promises.
+//!
+//! Each case of the contract is an async function over `Arc<dyn Store>` (or over a [`Fixture`] when it
+//! must reopen the same data). `store_suite!(backend, fixture)` expands one `#[tokio::test]` per case
+//! for a backend, so a second implementation (Azure Table Storage against Azurite) runs the same cases
+//! with one more line: `store_suite!(table_storage, azurite_fixture());` and its `Fixture`.
+//!
+//! The embedded-only tests re-execute this test binary as a child process (`child_process` below) to
+//! kill a writer mid-flight and to hold the database from another process.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use itsmc::store::{EmbeddedStore, Entry, Filter, Insert, Store, StoreError, Swap, Table};
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+/// How a backend is brought up for one test.
+#[async_trait]
+trait Fixture: Send + Sync {
+    /// A store over this fixture's own, initially empty storage. Opened again after the previous store
+    /// was dropped, it sees the same data.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+struct Embedded {
+    dir: tempfile::TempDir,
+}
+
+#[async_trait]
+impl Fixture for Embedded {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(EmbeddedStore::open(self.dir.path()).expect("open the embedded store"))
+    }
+}
+
+async fn embedded_fixture() -> Embedded {
+    Embedded {
+        dir: tempfile::tempdir().expect("temporary directory"),
+    }
+}
+
+/// One test per case for a backend. `$fixture` is an expression whose `.await` gives a [`Fixture`].
+macro_rules! store_suite {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+
+            store_suite!(@store $fixture;
+                insert_then_get,
+                insert_conflict_returns_current,
+                replace_with_matching_etag,
+                replace_with_stale_etag,
+                replace_of_deleted_key,
+                etag_changes_on_every_write,
+                delete_with_etag,
+                scan_in_key_order_across_pages,
+                scan_with_filter,
+                tables_are_separate,
+                concurrent_inserts_one_wins,
+                concurrent_compare_and_swap_increments,
+                unicode_round_trips,
+            );
+            store_suite!(@fixture $fixture; reopen_keeps_data);
+        }
+    };
+    (@store $fixture:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture.await;
+                super::$case(fixture.open().await).await;
+            }
+        )*
+    };
+    (@fixture $fixture:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture.await;
+                super::$case(&fixture).await;
+            }
+        )*
+    };
+}
+
+store_suite!(embedded, embedded_fixture());
+
+// ---- the contract ----
+
+fn inserted(outcome: Insert) -> String {
+    match outcome {
+        Insert::Inserted { etag } => etag,
+        other => panic!("expected Inserted, got {other:?}"),
+    }
+}
+
+fn replaced(outcome: Swap) -> String {
+    match outcome {
+        Swap::Replaced { etag } => etag,
+        other => panic!("expected Replaced, got {other:?}"),
+    }
+}
+
+fn entry(key: &str, etag: &str, value: Value) -> Entry {
+    Entry {
+        key: key.into(),
+        etag: etag.into(),
+        value,
+    }
+}
+
+async fn insert_then_get(store: Arc<dyn Store>) {
+    let value = json!({"state": "open", "sys_id": "46d44a5c", "attempts": 0});
+    let etag = inserted(store.insert(Table::Links, "a1", &value).await.unwrap());
+    assert!(!etag.is_empty());
+    assert_eq!(store.get(Table::Links, "a1").await.unwrap(), Some(entry("a1", &etag, value)));
+    assert_eq!(store.get(Table::Links, "a2").await.unwrap(), None);
+}
+
+async fn insert_conflict_returns_current(store: Arc<dyn Store>) {
+    let first = json!({"claimed_by": "first"});
+    let etag = inserted(store.insert(Table::Links, "k", &first).await.unwrap());
+    let second = store.insert(Table::Links, "k", &json!({"claimed_by": "second"})).await.unwrap();
+    assert_eq!(second, Insert::Conflict(entry("k", &etag, first.clone())));
+    assert_eq!(store.get(Table::Links, "k").await.unwrap(), Some(entry("k", &etag, first)));
+}
+
+async fn replace_with_matching_etag(store: Arc<dyn Store>) {
+    let etag = inserted(store.insert(Table::Deliveries, "d", &json!({"attempts": 0})).await.unwrap());
+    let value = json!({"attempts": 1});
+    let new_etag = replaced(store.replace(Table::Deliveries, "d", &value, &etag).await.unwrap());
+    assert_ne!(new_etag, etag);
+    assert_eq!(store.get(Table::Deliveries, "d").await.unwrap(), Some(entry("d", &new_etag, value)));
+}
+
+async fn replace_with_stale_etag(store: Arc<dyn Store>) {
+    let old = inserted(store.insert(Table::Links, "k", &json!({"n": 0})).await.unwrap());
+    let current = replaced(store.replace(Table::Links, "k", &json!({"n": 1}), &old).await.unwrap());
+    let expected = Swap::Stale(Some(entry("k", &current, json!({"n": 1}))));
+    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), &old).await.unwrap(), expected);
+    // An etag the store never issued is just another mismatch.
+    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), "W/\"bogus\"").await.unwrap(), expected);
+    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), "").await.unwrap(), expected);
+    assert_eq!(store.get(Table::Links, "k").await.unwrap(), Some(entry("k", &current, json!({"n": 1}))));
+}
+
+async fn replace_of_deleted_key(store: Arc<dyn Store>) {
+    let etag = inserted(store.insert(Table::Links, "k", &json!({"n": 0})).await.unwrap());
+    assert!(store.delete(Table::Links, "k", &etag).await.unwrap());
+    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 1}), &etag).await.unwrap(), Swap::Stale(None));
+    // Never existed: replace does not create.
+    assert_eq!(store.replace(Table::Links, "never", &json!({}), &etag).await.unwrap(), Swap::Stale(None));
+    assert_eq!(store.get(Table::Links, "k").await.unwrap(), None);
+    assert_eq!(store.get(Table::Links, "never").await.unwrap(), None);
+}
+
+async fn etag_changes_on_every_write(store: Arc<dyn Store>) {
+    let value = json!({"same": true});
+    let mut seen = HashSet::new();
+    let mut etag = inserted(store.insert(Table::Links, "k", &value).await.unwrap());
+    assert!(seen.insert(etag.clone()));
+    for _ in 0..5 {
+        // The same value again still makes a new version.
+        etag = replaced(store.replace(Table::Links, "k", &value, &etag).await.unwrap());
+        assert!(seen.insert(etag.clone()), "etag {etag} repeated");
+    }
+    // Deleted and written again with the same value: the old etags must not match it (no ABA).
+    assert!(store.delete(Table::Links, "k", &etag).await.unwrap());
+    let again = inserted(store.insert(Table::Links, "k", &value).await.unwrap());
+    assert!(seen.insert(again.clone()), "etag {again} repeated after delete");
+    assert!(matches!(
+        store.replace(Table::Links, "k", &value, &etag).await.unwrap(),
+        Swap::Stale(Some(_))
+    ));
+    // Other keys and tables never share a version either.
+    let other = inserted(store.insert(Table::Deliveries, "k", &value).await.unwrap());
+    assert!(seen.insert(other));
+}
+
+async fn delete_with_etag(store: Arc<dyn Store>) {
+    let old = inserted(store.insert(Table::Deliveries, "d", &json!({"v": 1})).await.unwrap());
+    let etag = replaced(store.replace(Table::Deliveries, "d", &json!({"v": 2}), &old).await.unwrap());
+    assert!(!store.delete(Table::Deliveries, "d", &old).await.unwrap());
+    assert!(!store.delete(Table::Deliveries, "d", "nonsense").await.unwrap());
+    assert_eq!(store.get(Table::Deliveries, "d").await.unwrap(), Some(entry("d", &etag, json!({"v": 2}))));
+    assert!(store.delete(Table::Deliveries, "d", &etag).await.unwrap());
+    assert_eq!(store.get(Table::Deliveries, "d").await.unwrap(), None);
+    assert!(!store.delete(Table::Deliveries, "d", &etag).await.unwrap());
+    assert!(!store.delete(Table::Deliveries, "absent", &etag).await.unwrap());
+}
+
+/// Every entry of a scan, page by page, checking what holds for any page.
+async fn scan_all(store: &dyn Store, table: Table, filter: Option<Filter<'_>>, limit: usize) -> Vec<Entry> {
+    let mut all = Vec::new();
+    let mut continuation: Option<String> = None;
+    for _ in 0..1000 {
+        let page = store.scan(table, filter, continuation.as_deref(), limit).await.unwrap();
+        assert!(page.entries.len() <= limit, "a page of {} over the limit {limit}", page.entries.len());
+        all.extend(page.entries);
+        match page.continuation {
+            None => return all,
+            Some(next) => continuation = Some(next),
+        }
+    }
+    panic!("the scan never completed");
+}
+
+fn keys(entries: &[Entry]) -> Vec<&str> {
+    entries.iter().map(|e| e.key.as_str()).collect()
+}
+
+async fn scan_in_key_order_across_pages(store: Arc<dyn Store>) {
+    let mut expected: Vec<String> = (0..25).map(|i| format!("{:04x}", i * 97 % 251)).collect();
+    let mut order = expected.clone();
+    order.shuffle(&mut rand::rng());
+    let mut etags = BTreeMap::new();
+    for key in &order {
+        let etag = inserted(store.insert(Table::Links, key, &json!({"key": key})).await.unwrap());
+        etags.insert(key.clone(), etag);
+    }
+    expected.sort();
+
+    let first = store.scan(Table::Links, None, None, 10).await.unwrap();
+    assert_eq!(keys(&first.entries), expected[..10].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.continuation.is_some());
+
+    let all = scan_all(&*store, Table::Links, None, 10).await;
+    assert_eq!(keys(&all), expected.iter().map(String::as_str).collect::<Vec<_>>());
+    for e in &all {
+        assert_eq!(e.etag, etags[&e.key]);
+        assert_eq!(e.value, json!({"key": e.key}));
+    }
+    assert_eq!(scan_all(&*store, Table::Links, None, 1).await, all);
+    let one_page = store.scan(Table::Links, None, None, 1000).await.unwrap();
+    assert_eq!(one_page.entries, all);
+    assert_eq!(one_page.continuation, None);
+
+    // Continuing after a key that was deleted meanwhile still resumes in order.
+    let page = store.scan(Table::Links, None, None, 5).await.unwrap();
+    let last = page.entries.last().unwrap();
+    assert!(store.delete(Table::Links, &last.key, &last.etag).await.unwrap());
+    let rest = store.scan(Table::Links, None, page.continuation.as_deref(), 1000).await.unwrap();
+    assert_eq!(keys(&rest.entries), expected[5..].iter().map(String::as_str).collect::<Vec<_>>());
+
+    assert_eq!(scan_all(&*store, Table::Deliveries, None, 10).await, vec![]);
+}
+
+async fn scan_with_filter(store: Arc<dyn Store>) {
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        let key = format!("{i:02x}");
+        let value = match i % 5 {
+            0 | 3 => json!({"state": "pending", "i": i}),
+            1 => json!({"state": "done", "i": i}),
+            2 => json!({"state": 7, "i": i}),
+            _ => json!({"nested": {"state": "pending"}, "i": i}),
+        };
+        if value["state"] == "pending" {
+            pending.push(key.clone());
+        }
+        inserted(store.insert(Table::Deliveries, &key, &value).await.unwrap());
+    }
+    let filter = Some(Filter {
+        field: "state",
+        value: "pending",
+    });
+    for limit in [1, 4, 100] {
+        let found = scan_all(&*store, Table::Deliveries, filter, limit).await;
+        assert_eq!(keys(&found), pending.iter().map(String::as_str).collect::<Vec<_>>(), "limit {limit}");
+        assert!(found.iter().all(|e| e.value["state"] == "pending"));
+    }
+    let nothing = Some(Filter {
+        field: "state",
+        value: "archived",
+    });
+    assert_eq!(scan_all(&*store, Table::Deliveries, nothing, 7).await, vec![]);
+    let missing_field = Some(Filter {
+        field: "owner",
+        value: "pending",
+    });
+    assert_eq!(scan_all(&*store, Table::Deliveries, missing_field, 7).await, vec![]);
+}
+
+async fn tables_are_separate(store: Arc<dyn Store>) {
+    let link = inserted(store.insert(Table::Links, "same", &json!({"table": "links"})).await.unwrap());
+    let delivery = inserted(store.insert(Table::Deliveries, "same", &json!({"table": "deliveries"})).await.unwrap());
+    inserted(store.insert(Table::Links, "only-links", &json!({})).await.unwrap());
+    assert_eq!(store.get(Table::Links, "same").await.unwrap().unwrap().value["table"], "links");
+    assert_eq!(store.get(Table::Deliveries, "same").await.unwrap().unwrap().value["table"], "deliveries");
+    assert_eq!(store.get(Table::Deliveries, "only-links").await.unwrap(), None);
+    assert_eq!(keys(&scan_all(&*store, Table::Deliveries, None, 10).await), ["same"]);
+    assert!(store.delete(Table::Links, "same", &link).await.unwrap());
+    assert_eq!(
+        store.get(Table::Deliveries, "same").await.unwrap(),
+        Some(entry("same", &delivery, json!({"table": "deliveries"})))
+    );
+}
+
+async fn concurrent_inserts_one_wins(store: Arc<dyn Store>) {
+    let mut tasks = JoinSet::new();
+    for writer in 0..50 {
+        let store = store.clone();
+        tasks.spawn(async move { store.insert(Table::Links, "claim", &json!({"writer": writer})).await.unwrap() });
+    }
+    let outcomes = tasks.join_all().await;
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Insert::Inserted { etag } => Some(etag),
+            Insert::Conflict(_) => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let stored = store.get(Table::Links, "claim").await.unwrap().unwrap();
+    assert_eq!(&stored.etag, winners[0]);
+    for outcome in &outcomes {
+        if let Insert::Conflict(current) = outcome {
+            assert_eq!(current, &stored);
+        }
+    }
+}
+
+async fn concurrent_compare_and_swap_increments(store: Arc<dyn Store>) {
+    const WRITERS: usize = 50;
+    inserted(store.insert(Table::Deliveries, "counter", &json!({"count": 0})).await.unwrap());
+    // Everyone starts from the same read, so all but one first attempt must be stale.
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let mut tasks = JoinSet::new();
+    for _ in 0..WRITERS {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            let mut current = store.get(Table::Deliveries, "counter").await.unwrap().unwrap();
+            barrier.wait().await;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let next = json!({"count": current.value["count"].as_u64().unwrap() + 1});
+                match store.replace(Table::Deliveries, "counter", &next, &current.etag).await.unwrap() {
+                    Swap::Replaced { .. } => return attempts,
+                    Swap::Stale(Some(now)) => current = now,
+                    Swap::Stale(None) => panic!("the counter vanished"),
+                }
+            }
+        });
+    }
+    let attempts = tasks.join_all().await;
+    assert!(attempts.iter().filter(|&&a| a == 1).count() <= 1, "more than one first attempt won");
+    let counter = store.get(Table::Deliveries, "counter").await.unwrap().unwrap();
+    assert_eq!(counter.value, json!({"count": WRITERS}));
+}
+
+async fn unicode_round_trips(store: Arc<dyn Store>) {
+    let value = json!({
+        "short_description": "Überlastung: «CPU» > 95 % — 東京リージョン 🔥",
+        "quotes": "she said \"it's down\" and 'left'",
+        "newlines": "line one\nline two\r\n\ttabbed",
+        "escapes": "back\\slash /slash \u{0000} \u{001f} \u{2028}",
+        "empty": "",
+        "numbers": [0, -1, 1.5, 1e300, 9007199254740993u64],
+        "nested": {"null": null, "bool": false, "list": [[], {}]},
+    });
+    let etag = inserted(store.insert(Table::Links, "u", &value).await.unwrap());
+    assert_eq!(store.get(Table::Links, "u").await.unwrap(), Some(entry("u", &etag, value.clone())));
+    assert_eq!(scan_all(&*store, Table::Links, None, 10).await, vec![entry("u", &etag, value.clone())]);
+    let quoted = Some(Filter {
+        field: "quotes",
+        value: "she said \"it's down\" and 'left'",
+    });
+    assert_eq!(keys(&scan_all(&*store, Table::Links, quoted, 10).await), ["u"]);
+    assert_eq!(
+        store.insert(Table::Links, "u", &json!(null)).await.unwrap(),
+        Insert::Conflict(entry("u", &etag, value))
+    );
+}
+
+async fn reopen_keeps_data(fixture: &dyn Fixture) {
+    let mut seen = HashSet::new();
+    let (kept, replaced_etag) = {
+        let store = fixture.open().await;
+        let kept = inserted(store.insert(Table::Links, "kept", &json!({"v": "kept"})).await.unwrap());
+        let old = inserted(store.insert(Table::Deliveries, "replaced", &json!({"v": 1})).await.unwrap());
+        let new = replaced(store.replace(Table::Deliveries, "replaced", &json!({"v": 2}), &old).await.unwrap());
+        let gone = inserted(store.insert(Table::Links, "deleted", &json!({})).await.unwrap());
+        assert!(store.delete(Table::Links, "deleted", &gone).await.unwrap());
+        seen.extend([kept.clone(), old, new.clone(), gone]);
+        (kept, new)
+    };
+    let store = fixture.open().await;
+    assert_eq!(store.get(Table::Links, "kept").await.unwrap(), Some(entry("kept", &kept, json!({"v": "kept"}))));
+    assert_eq!(
+        store.get(Table::Deliveries, "replaced").await.unwrap(),
+        Some(entry("replaced", &replaced_etag, json!({"v": 2})))
+    );
+    assert_eq!(store.get(Table::Links, "deleted").await.unwrap(), None);
+    // Versions issued after a restart never repeat one issued before it.
+    let after = inserted(store.insert(Table::Links, "deleted", &json!({})).await.unwrap());
+    assert!(seen.insert(after));
+    let after = replaced(store.replace(Table::Links, "kept", &json!({"v": "kept"}), &kept).await.unwrap());
+    assert!(seen.insert(after));
+}
+
+// ---- the embedded store only ----
+
+const CHILD_MODE: &str = "ITSMC_STORE_TEST_CHILD";
+const CHILD_DIR: &str = "ITSMC_STORE_TEST_DIR";
+
+/// This test binary again, running only `child_process` in `mode` on `dir`.
+fn child(mode: &str, dir: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "child_process", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_MODE, mode)
+        .env(CHILD_DIR, dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Not a test on its own: what the child processes of the tests below run. A no-op in a normal run.
+#[test]
+fn child_process() {
+    let Ok(mode) = std::env::var(CHILD_MODE) else { return };
+    let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    match mode.as_str() {
+        "crash" => runtime.block_on(write_until_killed(&dir)),
+        "hold" => {
+            let _store = EmbeddedStore::open(&dir).unwrap();
+            println!("open");
+            // Until the parent closes our stdin.
+            let _ = std::io::stdin().read_line(&mut String::new());
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// Insert and bump keys from several tasks, printing each acknowledged write, and abort at a random
+/// moment (likely mid-commit, since commits are most of the time spent).
+async fn write_until_killed(dir: &Path) {
+    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let run: u32 = rand::random();
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(rand::random_range(5..120))).await;
+        std::process::abort();
+    });
+    let mut tasks = JoinSet::new();
+    for task in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0.. {
+                let key = format!("{run:08x}-{task}-{i:06}");
+                let mut etag = inserted(store.insert(Table::Links, &key, &json!({"version": 0})).await.unwrap());
+                println!("acked {key} 0");
+                for version in 1..3 {
+                    let value = json!({"version": version});
+                    etag = replaced(store.replace(Table::Links, &key, &value, &etag).await.unwrap());
+                    println!("acked {key} {version}");
+                }
+            }
+        });
+    }
+    tasks.join_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut total_acked = 0;
+    for round in 0..4 {
+        let output = child("crash", dir.path()).output().unwrap();
+        assert!(!output.status.success(), "the child was meant to abort: {:?}", output.status);
+        let mut acked = BTreeMap::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some(rest) = line.strip_prefix("acked ") {
+                let (key, version) = rest.split_once(' ').unwrap();
+                acked.insert(key.to_owned(), version.parse::<u64>().unwrap());
+            }
+        }
+        total_acked += acked.len();
+
+        let store = EmbeddedStore::open(dir.path()).expect("the file opens after a kill");
+        for (key, version) in &acked {
+            let stored = store.get(Table::Links, key).await.unwrap();
+            let stored = stored.unwrap_or_else(|| panic!("round {round}: acknowledged {key} is lost"));
+            // A write in flight when the process died may or may not have landed; an acknowledged one must.
+            assert!(stored.value["version"].as_u64().unwrap() >= *version, "round {round}: {key} went back");
+        }
+        let all = scan_all(&store, Table::Links, None, 1000).await;
+        assert!(all.iter().all(|e| e.value["version"].is_u64()), "a partial write is visible");
+        inserted(store.insert(Table::Deliveries, &format!("after-{round}"), &json!({})).await.unwrap());
+    }
+    assert!(total_acked > 0, "no child acknowledged anything before it died; the test proved nothing");
+}
+
+#[tokio::test]
+async fn another_process_holding_the_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut holder = child("hold", dir.path()).spawn().unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert!(lines.any(|line| line.unwrap().trim() == "open"), "the child never opened the store");
+    match EmbeddedStore::open(dir.path()) {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("ITSMC_DATA_DIR"), "{message}");
+            assert!(message.contains("itsmc.redb"), "{message}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("opened a database another process holds"),
+    }
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    holder.wait().unwrap();
+    EmbeddedStore::open(dir.path()).expect("free once the other process is gone");
+}
+
+#[tokio::test]
+async fn second_open_in_the_same_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedStore::open(dir.path()).unwrap();
+    match EmbeddedStore::open(dir.path()) {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("ITSMC_DATA_DIR"), "{message}"),
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("opened the same database twice"),
+    }
+    drop(first);
+    EmbeddedStore::open(dir.path()).expect("free once the first store is dropped");
+}
+
+#[tokio::test]
+async fn describe_names_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("state")).unwrap();
+    assert_eq!(store.describe(), format!("embedded ({})", dir.path().join("state").display()));
+    assert!(dir.path().join("state").join("itsmc.redb").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_completes_queued_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut tasks = JoinSet::new();
+    for i in 0..500 {
+        let store = store.clone();
+        tasks.spawn(async move { store.insert(Table::Deliveries, &format!("{i:04}"), &json!({"i": i})).await });
+    }
+    // The last task to finish drops the store; its writer must answer everything queued and release
+    // the file before that drop returns.
+    drop(store);
+    for outcome in tasks.join_all().await {
+        inserted(outcome.unwrap());
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("released by the drop");
+    assert_eq!(scan_all(&store, Table::Deliveries, None, 1000).await.len(), 500);
+}
+
+/// Stored bytes that are not JSON: written behind the store's back with redb itself.
+#[tokio::test]
+async fn unreadable_values_are_corrupt() {
+    use redb::{Database, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let etag = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        inserted(store.insert(Table::Links, "good", &json!({"ok": true})).await.unwrap());
+        inserted(store.insert(Table::Links, "bad", &json!({})).await.unwrap())
+    };
+    {
+        let db = Database::open(dir.path().join("itsmc.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut links = txn.open_table(TableDefinition::<&str, &[u8]>::new("links")).unwrap();
+            // Keep the record header (format 1, the etag) and break only the JSON.
+            let mut record = vec![1u8];
+            record.extend_from_slice(&u64::from_str_radix(&etag, 16).unwrap().to_be_bytes());
+            record.extend_from_slice(b"{\"truncated\": ");
+            links.insert("bad", record.as_slice()).unwrap();
+            links.insert("unknown-format", b"\x07garbage".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(matches!(store.get(Table::Links, "bad").await, Err(StoreError::Corrupt(m)) if m.contains("bad")));
+    assert!(matches!(store.get(Table::Links, "unknown-format").await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.scan(Table::Links, None, None, 10).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.insert(Table::Links, "bad", &json!({})).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        store.replace(Table::Links, "unknown-format", &json!({}), &etag).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // The rest of the store is unaffected, also within the batches that met the bad records.
+    assert!(store.get(Table::Links, "good").await.unwrap().is_some());
+    inserted(store.insert(Table::Links, "new", &json!({})).await.unwrap());
+}
+
+/// A full disk fails the writes of the batch, changes nothing, and the store works again once space is
+/// freed. Needs a small filesystem, so it mounts a tmpfs, which only root may do; elsewhere it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_writes_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(root.path())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(mount, Ok(status) if status.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(root.path());
+    let dir = root.path().join("data");
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir).unwrap());
+    let before = inserted(store.insert(Table::Links, "before", &json!({"v": 1})).await.unwrap());
+
+    // Fill what is left of the filesystem.
+    let filler_path = root.path().join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let _ = filler.sync_all();
+
+    let big = json!({"padding": "x".repeat(256 * 1024)});
+    let mut failure = None;
+    for i in 0..64 {
+        let mut tasks = JoinSet::new();
+        for j in 0..8 {
+            let store = store.clone();
+            let big = big.clone();
+            tasks.spawn(async move {
+                let key = format!("full-{i}-{j}");
+                (key.clone(), store.insert(Table::Links, &key, &big).await)
+            });
+        }
+        for (key, outcome) in tasks.join_all().await {
+            match outcome {
+                Ok(outcome) => {
+                    inserted(outcome);
+                }
+                Err(StoreError::Unavailable(message)) => failure = Some((key, message)),
+                Err(other) => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    let (failed_key, message) = failure.expect("the disk never filled up");
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(message.contains(&dir.join("itsmc.redb").display().to_string()), "{message}");
+    // Nothing of the failed batch is visible, the rest is intact.
+    assert_eq!(store.get(Table::Links, &failed_key).await.unwrap(), None);
+    assert_eq!(store.get(Table::Links, "before").await.unwrap(), Some(entry("before", &before, json!({"v": 1}))));
+
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    let etag = inserted(store.insert(Table::Links, "after", &json!({"v": 2})).await.unwrap());
+    inserted(store.insert(Table::Links, &failed_key, &json!({"retried": true})).await.unwrap());
+    drop(store);
+    let store = EmbeddedStore::open(&dir).unwrap();
+    assert_eq!(store.get(Table::Links, "after").await.unwrap(), Some(entry("after", &etag, json!({"v": 2}))));
+    assert_eq!(store.get(Table::Links, &failed_key).await.unwrap().unwrap().value, json!({"retried": true}));
+}

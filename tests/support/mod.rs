@@ -1,0 +1,8 @@
+//! Test support: in-process emulators of the products itsmc talks to.
+//!
+//! Each emulator is a real HTTP server on `127.0.0.1` that speaks the product's wire protocol, so the
+//! production clients run unchanged against it; only the base URL differs. Test files pull these in
+//! with `mod support;`.
+
+pub mod harness;
+pub mod servicenow;
