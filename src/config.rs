@@ -267,6 +267,7 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Conne
         None | Some("dry-run") | Some("dryrun") => Product::DryRun,
         Some("servicenow") => {
             let raw = lookup("ITSMC_URL").ok_or_else(|| invalid("ITSMC_URL", "ServiceNow needs the instance URL"))?;
+            let url = servicenow_url("ITSMC_URL", &raw)?;
             let auth = servicenow_auth(
                 "ITSMC_",
                 lookup("ITSMC_USERNAME"),
@@ -274,7 +275,7 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Conne
                 lookup("ITSMC_CLIENT_ID"),
                 lookup("ITSMC_CLIENT_SECRET").map(Secret),
             )?;
-            Product::ServiceNow(ServiceNowSettings { url: servicenow_url("ITSMC_URL", &raw)?, auth })
+            Product::ServiceNow(ServiceNowSettings { url, auth })
         }
         Some(other) => {
             return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));

@@ -116,7 +116,12 @@ impl<'a> DataPart<'a> {
 /// A raw member as a JSON value. Its text is valid JSON already, so what fails here is serde_json's
 /// recursion limit or a number out of range; the limit stays, it is what keeps the stack safe.
 pub(super) fn to_value(raw: Option<&RawValue>, path: &str) -> Result<Option<Value>, ParseError> {
-    raw.map(|r| serde_json::from_str::<Value>(r.get()).map_err(|e| ParseError::invalid(path, e))).transpose()
+    raw.map(|r| {
+        serde_json::from_str::<Value>(r.get())
+            // serde_json counts lines and columns from the start of the member here, not of the body.
+            .map_err(|e| ParseError::invalid(path, format_args!("{e} of the member")))
+    })
+    .transpose()
 }
 
 /// The top-level members other than `data`.

@@ -227,32 +227,57 @@ pub(super) fn search_rows(results: &Value) -> Vec<Value> {
             Some(Value::Array(columns)) => columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| match get(c, "name").and_then(text) {
-                    Some(name) => name,
-                    None => Cow::Owned(format!("column{i}")),
-                })
+                .map(|(i, c)| get(c, "name").and_then(text).unwrap_or_else(|| Cow::Owned(format!("column{i}"))))
                 .collect(),
             _ => Vec::new(),
         };
         let Some(Value::Array(rows)) = get(table, "rows") else { return Vec::new() };
-        return rows
-            .iter()
-            .map(|row| match row {
-                Value::Array(cells) => {
-                    let mut object = Map::new();
-                    for (i, cell) in cells.iter().enumerate() {
-                        let name = names.get(i).map_or_else(|| format!("column{i}"), |n| n.to_string());
-                        object.insert(name, cell.clone());
-                    }
-                    Value::Object(object)
-                }
-                other => other.clone(),
-            })
-            .collect();
+        let shape = RowShape::new(&names);
+        return rows.iter().map(|row| shape.object(row, &names)).collect();
     }
     match get(&results, "value") {
         Some(Value::Array(rows)) => rows.iter().filter(|r| r.is_object()).cloned().collect(),
         _ => Vec::new(),
+    }
+}
+
+/// Every row of a table has the same columns, so the object is built once with null values and cloned
+/// per row; the cells then go into the clone's slots in key order. Cloning copies the tree as it is, where
+/// inserting column by column would search and rebalance it for every cell of every row.
+struct RowShape {
+    template: Map<String, Value>,
+    /// For each key of `template`, in its order, the column that fills it (the last one, if two columns
+    /// share a name, as inserting would leave it).
+    columns: Vec<usize>,
+}
+
+impl RowShape {
+    fn new(names: &[Cow<'_, str>]) -> RowShape {
+        let mut order: Vec<(usize, &str)> = names.iter().map(AsRef::as_ref).enumerate().collect();
+        order.sort_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)));
+        order.dedup_by(|later, earlier| later.1 == earlier.1);
+        let template = order.iter().map(|(_, name)| ((*name).to_string(), Value::Null)).collect();
+        RowShape { template, columns: order.into_iter().map(|(i, _)| i).collect() }
+    }
+
+    fn object(&self, row: &Value, names: &[Cow<'_, str>]) -> Value {
+        let Value::Array(cells) = row else { return row.clone() };
+        if cells.len() == names.len() && self.template.len() == self.columns.len() {
+            let mut object = self.template.clone();
+            for ((_, slot), &column) in object.iter_mut().zip(&self.columns) {
+                if let Some(cell) = cells.get(column) {
+                    *slot = cell.clone();
+                }
+            }
+            return Value::Object(object);
+        }
+        // A row that does not match its columns: name what can be named, number the rest.
+        let mut object = Map::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let name = names.get(i).map_or_else(|| format!("column{i}"), |n| n.to_string());
+            object.insert(name, cell.clone());
+        }
+        Value::Object(object)
     }
 }
 

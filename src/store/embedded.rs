@@ -36,9 +36,9 @@ use writer::{Applied, Op, Request};
 /// The database file inside the data directory.
 const FILE_NAME: &str = "itsmc.redb";
 
-/// Bookkeeping beside the data tables: the last etag issued.
+/// Bookkeeping beside the data tables: the last version number used (etags are version numbers).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const LAST_ETAG: &str = "last_etag";
+const LAST_VERSION: &str = "last_version";
 
 /// The state is small (links of open work items and the delivery outbox); redb's default cache cap of
 /// 1 GiB would let a long-running instance grow towards a small container's memory limit.
@@ -74,14 +74,14 @@ impl EmbeddedStore {
         })?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path)?;
-        let last_etag = prepare(&db, &path)?;
+        let last_version = prepare(&db, &path)?;
         let shared = Arc::new(Shared { dir: dir.to_path_buf(), path, db: RwLock::new(Some(Arc::new(db))) });
         let (requests, inbox) = mpsc::channel();
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("itsmc-store-writer".into())
-                .spawn(move || writer::run(&shared, &inbox, last_etag))
+                .spawn(move || writer::run(&shared, &inbox, last_version))
                 .map_err(|err| StoreError::Unavailable(format!("cannot start the store writer thread: {err}")))?
         };
         Ok(EmbeddedStore { shared, requests: Some(requests), writer: Some(writer) })
@@ -243,7 +243,20 @@ impl Shared {
 fn failure(path: &Path, doing: &str, err: redb::Error) -> StoreError {
     match err {
         redb::Error::Corrupted(detail) => StoreError::Corrupt(format!("{}: {detail}", path.display())),
-        err => StoreError::Unavailable(format!("{doing} {} failed: {err}", path.display())),
+        err => StoreError::Unavailable(cause(path, doing, &err)),
+    }
+}
+
+/// What went wrong, naming the file: "committing to /data/itsmc.redb failed: I/O error: No space left
+/// on device (os error 28)".
+fn cause(path: &Path, doing: &str, err: &redb::Error) -> String {
+    format!("{doing} {} failed: {err}", path.display())
+}
+
+/// The message inside a `StoreError`, to build another one from without repeating its prefix.
+fn detail(err: StoreError) -> String {
+    match err {
+        StoreError::Unavailable(detail) | StoreError::Corrupt(detail) => detail,
     }
 }
 
@@ -261,14 +274,14 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     })
 }
 
-/// Make sure every table exists (readers then never meet a missing one) and read the etag counter.
+/// Make sure every table exists (readers then never meet a missing one) and read the version counter.
 fn prepare(db: &Database, path: &Path) -> Result<u64, StoreError> {
     let fail = |err: redb::Error| failure(path, "preparing", err);
     let ready = {
         let txn = db.begin_read().map_err(|err| fail(err.into()))?;
         let tables_exist = Table::ALL.iter().all(|&t| txn.open_table(definition(t)).is_ok());
         match txn.open_table(META) {
-            Ok(meta) if tables_exist => Some(read_last_etag(&meta).map_err(|err| fail(err.into()))?),
+            Ok(meta) if tables_exist => Some(read_last_version(&meta).map_err(|err| fail(err.into()))?),
             _ => None,
         }
     };
@@ -280,13 +293,13 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, StoreError> {
         txn.open_table(definition(table)).map_err(|err| fail(err.into()))?;
     }
     let last =
-        read_last_etag(&txn.open_table(META).map_err(|err| fail(err.into()))?).map_err(|err| fail(err.into()))?;
+        read_last_version(&txn.open_table(META).map_err(|err| fail(err.into()))?).map_err(|err| fail(err.into()))?;
     txn.commit().map_err(|err| fail(err.into()))?;
     Ok(last)
 }
 
-fn read_last_etag(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
-    Ok(meta.get(LAST_ETAG)?.map_or(0, |v| v.value()))
+fn read_last_version(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(LAST_VERSION)?.map_or(0, |v| v.value()))
 }
 
 /// Record layout version; a file from an incompatible future layout reads as `Corrupt`, never as data.

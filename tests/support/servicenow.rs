@@ -13,8 +13,14 @@
 //!   Reference fields (a fixed list: `caller_id`, `assignment_group`, `cmdb_ci`…) render as
 //!   `{link, value}`. Source: ServiceNow docs "Table API" (`c_TableAPI`, Australia release, read in
 //!   the ServiceNow/ServiceNowDocs repository) and the fixtures in `/work/shared/fixtures/protocols/`.
+//!   The `Link` header follows a captured one: `last` is `total - limit`, `prev` is `offset - limit`
+//!   even when that is negative, `next` only while records remain.
 //!   `work_notes` and `comments` are journal fields: appended to `sys_journal_field` (queryable through
 //!   the Table API by `element_id`) and read back as `""`.
+//! - **Numbers and defaults**: `INC0010001`, `CHG…`, `PRB…`, `RITM…`, `Alert0010001`… per table
+//!   (a prefix made from the name for tables it does not know; none for `sys_*`, `cmdb*`, `em_event`).
+//!   New incidents get the usual columns (empty or defaulted as in the docs' example records), so a
+//!   client reading `close_code` or `resolved_at` finds them; new alerts start `Open`.
 //! - **Incident lifecycle**: state 6/7/8 sets `active=false` and `resolved_at`/`closed_at`; 1/2/3 sets
 //!   `active=true` (and clears the resolution when reopening); `priority` follows the standard
 //!   impact × urgency lookup unless the client sets it.
@@ -59,11 +65,8 @@
 //! grants, or per-user rate limits. Event processing is synchronous (ServiceNow runs it as a job a few
 //! seconds later) and knows nothing of alert rules, flapping or re-opening closed alerts. Choice
 //! display values exist only for incident `state`/`impact`/`urgency`/`priority`/`severity` and alert
-//! severity.
-
-// Each test binary that declares `mod support;` compiles this file whether or not it uses every
-// control method, so unused items are expected here.
-#![allow(dead_code)]
+//! severity. Comparisons are case-sensitive, as the docs state (instances usually compare text
+//! case-insensitively).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -706,7 +709,11 @@ impl Instance {
 }
 
 fn injected_failure(failure: InjectedFailure) -> Reply {
-    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // An informational status cannot end a response; treat it, like an invalid one, as a 500.
+    let status = StatusCode::from_u16(failure.status)
+        .ok()
+        .filter(|status| !status.is_informational())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let reply = match status {
         StatusCode::UNAUTHORIZED => unauthenticated(),
         StatusCode::TOO_MANY_REQUESTS => {
@@ -841,7 +848,7 @@ impl Instance {
 
     fn current_or_new_refresh_token(&mut self, client: &str, user: &str) -> String {
         let now = Instant::now();
-        let expires = now + self.refresh_lifetime;
+        let expires = expiry(now, self.refresh_lifetime);
         if let Some((token, grant)) =
             self.refresh_tokens.iter_mut().find(|(_, grant)| grant.usable_by(client, user, now))
         {
@@ -860,7 +867,7 @@ impl Instance {
     /// with a renewed expiry, instead of minting another (docs and KB0791140).
     fn token_response(&mut self, client: &str, user: &str, refresh_token: String) -> Reply {
         let now = Instant::now();
-        let expires = now + self.access_lifetime;
+        let expires = expiry(now, self.access_lifetime);
         let reusable = self.access_tokens.iter_mut().find(|(_, grant)| grant.usable_by(client, user, now));
         let access_token = match reusable {
             Some((token, grant)) => {
@@ -886,6 +893,11 @@ impl Instance {
         ]);
         Reply::json_text(StatusCode::OK, body)
     }
+}
+
+/// `now + lifetime`, saturating far in the future for absurd lifetimes instead of overflowing.
+fn expiry(now: Instant, lifetime: Duration) -> Instant {
+    now.checked_add(lifetime).or_else(|| now.checked_add(Duration::from_secs(1 << 32))).unwrap_or(now)
 }
 
 fn oauth_denied() -> Reply {
@@ -1154,6 +1166,12 @@ fn set(record: &mut Record, field: &str, value: impl Into<String>) {
     record.insert(field.to_owned(), Value::String(value.into()));
 }
 
+/// Counters are text like every other field; seeded garbage counts as 0.
+fn increment(record: &mut Record, field: &str) {
+    let next = text(record, field).parse::<u64>().unwrap_or(0).saturating_add(1);
+    set(record, field, next.to_string());
+}
+
 fn set_if_empty(record: &mut Record, field: &str, value: &str) {
     if text(record, field).is_empty() {
         set(record, field, value);
@@ -1417,8 +1435,7 @@ impl Instance {
                 apply_incident_state(record, Some(previous_state.as_str()), user, &now);
             }
         }
-        let mod_count = text(record, "sys_mod_count").parse::<u64>().unwrap_or(0) + 1;
-        set(record, "sys_mod_count", mod_count.to_string());
+        increment(record, "sys_mod_count");
         set(record, "sys_updated_on", now);
         set(record, "sys_updated_by", user);
         for (element, value) in journal {
@@ -1470,8 +1487,7 @@ fn apply_incident_state(record: &mut Record, previous: Option<&str>, user: &str,
                 for field in ["resolved_at", "resolved_by", "closed_at", "closed_by"] {
                     set(record, field, "");
                 }
-                let reopened = text(record, "reopen_count").parse::<u64>().unwrap_or(0) + 1;
-                set(record, "reopen_count", reopened.to_string());
+                increment(record, "reopen_count");
             }
         }
         _ => {}
@@ -1910,7 +1926,7 @@ impl Instance {
                         set(&mut change, field, text(&event, field));
                     }
                 }
-                set(&mut change, "event_count", (count + 1).to_string());
+                set(&mut change, "event_count", count.saturating_add(1).to_string());
                 self.modify("em_alert", &alert_id, change, user);
                 (alert_id, "Updated the open alert with this message key")
             }

@@ -13,7 +13,9 @@ use std::sync::mpsc::Receiver;
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::{LAST_ETAG, META, Shared, decode_record, definition, encode_record, failure, open_database, prepare};
+use super::{
+    LAST_VERSION, META, Shared, cause, decode_record, definition, detail, encode_record, open_database, prepare,
+};
 use crate::store::{StoreError, Table};
 
 /// Most operations one commit carries. A batch is applied in memory before its fsync, so this bounds
@@ -47,8 +49,8 @@ pub(super) enum Applied {
 type Answer = Result<Applied, StoreError>;
 
 /// Serve requests until every sender is gone, then close the database.
-pub(super) fn run(shared: &Shared, inbox: &Receiver<Request>, last_etag: u64) {
-    let mut writer = Writer { shared, last_etag: Some(last_etag) };
+pub(super) fn run(shared: &Shared, inbox: &Receiver<Request>, last_version: u64) {
+    let mut writer = Writer { shared, last_version: Some(last_version) };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = inbox.recv() {
         batch.push(first);
@@ -70,8 +72,8 @@ pub(super) fn run(shared: &Shared, inbox: &Receiver<Request>, last_etag: u64) {
 
 struct Writer<'a> {
     shared: &'a Shared,
-    /// The last etag committed; `None` when the database must be reopened before the next batch.
-    last_etag: Option<u64>,
+    /// The last version number committed; `None` when the database must be reopened before the next batch.
+    last_version: Option<u64>,
 }
 
 impl Writer<'_> {
@@ -93,7 +95,7 @@ impl Writer<'_> {
             Err(err) => {
                 // Nothing was committed; the failure (typically an I/O error) may have left redb
                 // refusing writes, which only a reopen clears.
-                let cause = failure(&self.shared.path, "writing to", err).to_string();
+                let cause = cause(&self.shared.path, "writing to", &err);
                 drop(db);
                 return Err(match self.reopen() {
                     Ok(()) => cause,
@@ -111,16 +113,17 @@ impl Writer<'_> {
         drop(db);
         match committed {
             Ok(()) => {
-                self.last_etag = Some(next);
+                self.last_version = Some(next);
                 Ok(answers)
             }
             Err(err) => {
-                let cause = failure(&self.shared.path, "committing to", err.into()).to_string();
-                // redb documents that a failed commit may still have become durable. The batch wrote
-                // its last etag, so after a reopen the counter says whether it did, and each caller
-                // gets the truth rather than an error for a write that happened.
+                let cause = cause(&self.shared.path, "committing to", &err.into());
+                // redb documents that a failed commit may still have become durable. Every batch that
+                // writes also writes its last version number, so after a reopen the counter says
+                // whether it did, and each caller gets the truth rather than an error for a write that
+                // happened.
                 match self.reopen() {
-                    Ok(()) if self.last_etag == Some(next) => {
+                    Ok(()) if self.last_version == Some(next) => {
                         tracing::warn!(path = %self.shared.path.display(), %cause, "a commit reported failure but was durable");
                         Ok(answers)
                     }
@@ -134,13 +137,13 @@ impl Writer<'_> {
         }
     }
 
-    /// The open database and the last etag it committed, reopening it first after a failure.
+    /// The open database and the last version number it committed, reopening it first after a failure.
     fn database(&mut self) -> Result<(Arc<Database>, u64), String> {
-        if self.last_etag.is_none() {
+        if self.last_version.is_none() {
             self.reopen()?;
         }
         let db = self.shared.db.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        match (db, self.last_etag) {
+        match (db, self.last_version) {
             (Some(db), Some(last)) => Ok((db, last)),
             _ => Err(format!("{} is not open", self.shared.path.display())),
         }
@@ -148,19 +151,20 @@ impl Writer<'_> {
 
     /// Close and reopen the file. The caller must have dropped its own handle to the database.
     fn reopen(&mut self) -> Result<(), String> {
-        self.last_etag = None;
+        self.last_version = None;
         close(self.shared);
-        let db = open_database(&self.shared.path).map_err(|err| err.to_string())?;
-        let last = prepare(&db, &self.shared.path).map_err(|err| err.to_string())?;
+        let db = open_database(&self.shared.path).map_err(detail)?;
+        let last = prepare(&db, &self.shared.path).map_err(detail)?;
         *self.shared.db.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(db));
-        self.last_etag = Some(last);
+        self.last_version = Some(last);
         tracing::info!(path = %self.shared.path.display(), "reopened the store after a failed write");
         Ok(())
     }
 }
 
 /// Apply a batch inside one write transaction, in order, each condition seeing the earlier writes.
-/// Returns the uncommitted transaction, the answers and the last etag issued (`last` if none).
+/// Returns the uncommitted transaction, the answers and the last version number used (`last` when
+/// nothing was written).
 fn stage(db: &Database, batch: &[Request], last: u64) -> Result<(WriteTransaction, Vec<Answer>, u64), redb::Error> {
     let mut txn = db.begin_write()?;
     // redb's default, stated because the whole contract rests on it: a commit returns after fsync.
@@ -178,7 +182,7 @@ fn stage(db: &Database, batch: &[Request], last: u64) -> Result<(WriteTransactio
             answers.push(apply(rows, request, &mut next)?);
         }
         if next != last {
-            txn.open_table(META)?.insert(LAST_ETAG, next)?;
+            txn.open_table(META)?.insert(LAST_VERSION, next)?;
         }
     }
     Ok((txn, answers, next))
@@ -209,9 +213,11 @@ fn apply(rows: &mut Rows<'_>, request: &Request, next: &mut u64) -> Result<Answe
     if let Some(current) = unchanged {
         return Ok(Ok(Applied::Unchanged(current)));
     }
+    // Every write, deletes included, takes the next version number, so `next` moving is what says a
+    // batch has something to commit, and a committed batch always moves the stored counter.
+    *next += 1;
     let applied = match &request.op {
         Op::Insert { json } | Op::Replace { json, .. } => {
-            *next += 1;
             rows.insert(key, encode_record(*next, json).as_slice())?;
             Applied::Written(*next)
         }

@@ -1,0 +1,300 @@
+//! Load harness for the alert path: starts the release `itsmc serve` as its own process against the
+//! in-process ServiceNow emulator on loopback, and measures what the issue names: time from process start
+//! to ready, idle memory, create-path throughput and itsmc CPU per alert, latency at a fixed rate, and
+//! duplicate-delivery throughput.
+//!
+//! `cargo bench --bench loadgen` runs the full load; under `cargo test` (no `--bench` argument) it runs a
+//! small smoke load so the harness itself stays working. Knobs: `LOADGEN_ALERTS` (default 20000),
+//! `LOADGEN_CONCURRENCY` (64), `LOADGEN_RATE` (1000/s) and `LOADGEN_SECONDS` (10) for the fixed-rate run.
+
+#[allow(dead_code)]
+#[path = "../tests/support/servicenow.rs"]
+mod servicenow;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use servicenow::{EmulatorConfig, ServiceNowEmulator};
+
+const USER: &str = "loadgen";
+const PASSWORD: &str = "loadgen-password";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A distinct common-schema alert (about 2 KB) for index `i`.
+fn alert(i: u64, tag: &str) -> String {
+    json!({
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {
+            "essentials": {
+                "alertId": format!("/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/{tag}-{i}"),
+                "alertRule": format!("cpu-high-{}", i % 50),
+                "severity": "Sev2",
+                "signalType": "Metric",
+                "monitorCondition": "Fired",
+                "monitoringService": "Platform",
+                "alertTargetIDs": [format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm{i}")],
+                "configurationItems": [format!("vm{i}")],
+                "originAlertId": format!("origin-{i}"),
+                "firedDateTime": "2026-11-25T12:00:00.1234567Z",
+                "description": "CPU above threshold",
+                "essentialsVersion": "1.0",
+                "alertContextVersion": "1.0"
+            },
+            "alertContext": {
+                "properties": null,
+                "conditionType": "SingleResourceMultipleMetricCriteria",
+                "condition": {
+                    "windowSize": "PT5M",
+                    "allOf": [{
+                        "metricName": "Percentage CPU",
+                        "metricNamespace": "Microsoft.Compute/virtualMachines",
+                        "operator": "GreaterThan",
+                        "threshold": "80",
+                        "timeAggregation": "Average",
+                        "dimensions": [{"name": "ResourceId", "value": format!("vm{i}")}],
+                        "metricValue": 93.5
+                    }]
+                }
+            },
+            "customProperties": {"team": "platform", "runbook": "https://wiki.example/cpu"}
+        }
+    })
+    .to_string()
+}
+
+struct Itsmc {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Itsmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `itsmc serve` and return it with the time from spawn to its first answered health check.
+fn start_itsmc(sn_url: &str) -> (Itsmc, Duration) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_itsmc"))
+        .args(["serve", "--port", &port.to_string()])
+        .env("ITSMC_PRODUCT", "servicenow")
+        .env("ITSMC_URL", sn_url)
+        .env("ITSMC_USERNAME", USER)
+        .env("ITSMC_PASSWORD", PASSWORD)
+        .env("ITSMC_DATA_DIR", dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("itsmc starts");
+    // Ready = the port accepts a connection and answers; polled tightly so the figure is the process's.
+    let address = format!("127.0.0.1:{port}");
+    let ready = loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            use std::io::{Read, Write};
+            let _ = stream.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                break started.elapsed();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let mut err = String::new();
+            if let Some(stderr) = child.stderr.take() {
+                for line in BufReader::new(stderr).lines().take(20).map_while(Result::ok) {
+                    err.push_str(&line);
+                    err.push('\n');
+                }
+            }
+            panic!("itsmc did not become ready: {err}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    // Keep stderr drained so a chatty itsmc never blocks on a full pipe.
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    }
+    (Itsmc { child, url: format!("http://{address}"), _dir: dir }, ready)
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Post `bodies` at `concurrency`; returns wall time, latencies and the actions answered.
+async fn closed_loop(url: &str, bodies: Vec<String>, concurrency: usize) -> (Duration, Vec<Duration>, Vec<String>) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let queue = Arc::new(std::sync::Mutex::new(bodies.into_iter().rev().collect::<Vec<_>>()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let queue = Arc::clone(&queue);
+        let url = format!("{url}/api/alert");
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let Some(body) = queue.lock().unwrap().pop() else { break };
+                let sent = Instant::now();
+                let response = client.post(&url).body(body).send().await.expect("itsmc answers");
+                let status = response.status().as_u16();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                let action = answer["action"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
+                out.push((sent.elapsed(), action));
+            }
+            out
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut actions = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        for (latency, action) in done.unwrap() {
+            latencies.push(latency);
+            actions.push(action);
+        }
+    }
+    let wall = started.elapsed();
+    latencies.sort();
+    (wall, latencies, actions)
+}
+
+/// Post at a fixed rate (open loop: a slow answer does not slow the sender), return sorted latencies.
+async fn open_loop(url: &str, rate: u64, seconds: u64, tag: &str) -> (Vec<Duration>, usize) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until(started + interval * i as u32).await;
+        let client = client.clone();
+        let url = format!("{url}/api/alert");
+        let body = alert(i, tag);
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let ok = client.post(&url).body(body).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            (sent.elapsed(), ok)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (latency, ok) = done.unwrap();
+        latencies.push(latency);
+        failed += usize::from(!ok);
+    }
+    latencies.sort();
+    (latencies, failed)
+}
+
+fn count(actions: &[String], action: &str) -> usize {
+    actions.iter().filter(|a| *a == action).count()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let alerts = if full { env_number("LOADGEN_ALERTS", 20_000) } else { 300 };
+    let concurrency = env_number("LOADGEN_CONCURRENCY", 64) as usize;
+    let rate = if full { env_number("LOADGEN_RATE", 1_000) } else { 200 };
+    let seconds = if full { env_number("LOADGEN_SECONDS", 10) } else { 1 };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let sn = ServiceNowEmulator::start(EmulatorConfig::default().with_user(USER, PASSWORD));
+        let sn_url = sn.url();
+
+        let mut starts = Vec::new();
+        for _ in 0..if full { 15 } else { 2 } {
+            let (itsmc, ready) = start_itsmc(&sn_url);
+            starts.push(ready);
+            drop(itsmc);
+        }
+        starts.sort();
+        let (itsmc, _) = start_itsmc(&sn_url);
+        let pid = itsmc.child.id();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_rss = rss_kib(pid);
+        println!("start to ready: median {:?}, min {:?}, max {:?} ({} starts)", starts[starts.len() / 2], starts[0], starts[starts.len() - 1], starts.len());
+        println!("idle RSS: {:.1} MB", idle_rss as f64 / 1024.0);
+
+        // Warm-up: connections, the store file, the emulator's tables.
+        let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "warm")).collect(), concurrency).await;
+
+        let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "create")).collect();
+        let cpu_before = cpu_seconds(pid);
+        let (wall, latencies, actions) = closed_loop(&itsmc.url, bodies.clone(), concurrency).await;
+        let cpu = cpu_seconds(pid) - cpu_before;
+        assert_eq!(count(&actions, "created"), alerts as usize, "every alert created: {:?}", &actions[..actions.len().min(5)]);
+        println!(
+            "create path: {alerts} alerts at concurrency {concurrency} in {:.2} s = {:.0} alerts/s; p50 {:?}, p99 {:?}; itsmc CPU {:.1} us/alert",
+            wall.as_secs_f64(),
+            alerts as f64 / wall.as_secs_f64(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            cpu * 1e6 / alerts as f64
+        );
+        println!("peak RSS after the create run: {:.1} MB", rss_kib(pid) as f64 / 1024.0);
+
+        let cpu_before = cpu_seconds(pid);
+        let (wall, latencies, actions) = closed_loop(&itsmc.url, bodies, concurrency).await;
+        let cpu = cpu_seconds(pid) - cpu_before;
+        assert_eq!(count(&actions, "duplicate"), alerts as usize);
+        println!(
+            "duplicates: {alerts} at concurrency {concurrency} in {:.2} s = {:.0}/s; p50 {:?}, p99 {:?}; itsmc CPU {:.1} us/delivery",
+            wall.as_secs_f64(),
+            alerts as f64 / wall.as_secs_f64(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            cpu * 1e6 / alerts as f64
+        );
+
+        let (latencies, failed) = open_loop(&itsmc.url, rate, seconds, "steady").await;
+        assert_eq!(failed, 0);
+        println!(
+            "fixed rate: {rate} alerts/s for {seconds} s: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.9),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or_default()
+        );
+        println!("incidents in the emulator: {}", sn.count("incident"));
+    });
+}

@@ -1,0 +1,84 @@
+//! The README's first command, for real: the `itsmc` binary starts on embedded defaults, answers a posted
+//! fixture, refuses bad configuration with a message naming the setting, and stops on SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::harness::fixture;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn serve_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_itsmc"))
+        .args(["serve", "--port", &port.to_string()])
+        .current_dir(dir.path())
+        .env_remove("ITSMC_PRODUCT")
+        .env_remove("ITSMC_DATA_DIR")
+        .env_remove("ITSMC_CONNECTIONS_FILE")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let health = loop {
+        if let Ok(response) = reqwest::get(format!("{url}/")).await {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "itsmc did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health["status"], "ready");
+    assert_eq!(health["connections"][0]["product"], "dry-run");
+
+    let client = reqwest::Client::new();
+    let answer: serde_json::Value = client
+        .post(format!("{url}/api/alert"))
+        .body(fixture("azure-monitor/cas-test-metric-static-fired.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["action"], "created", "{answer}");
+    assert!(dir.path().join("itsmc-data").is_dir(), "state lives in ./itsmc-data by default");
+
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "itsmc did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn bad_configuration_stops_startup_with_the_setting_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_itsmc"))
+        .args(["serve", "--port", "0"])
+        .env("ITSMC_PRODUCT", "servicenow")
+        .env("ITSMC_URL", "http://contoso.service-now.com")
+        .env("ITSMC_USERNAME", "svc")
+        .env("ITSMC_PASSWORD", "never-printed-password")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ITSMC_URL: 'http://contoso.service-now.com' must be an https:// URL"), "{stderr}");
+    assert!(!stderr.contains("never-printed-password"));
+}

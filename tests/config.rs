@@ -1,0 +1,157 @@
+//! Configuration: invalid settings stop start-up with a message naming the setting; secrets never print.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use itsmc::config::{Config, Product, ServiceNowAuth};
+use itsmc::workitem::{Grouping, OnResolve, RefireAfterClose, WorkItemType};
+
+fn load(pairs: &[(&str, &str)]) -> Result<Config, itsmc::config::ConfigError> {
+    let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|name| env.get(name).cloned())
+}
+
+fn error(pairs: &[(&str, &str)]) -> String {
+    load(pairs).expect_err("the configuration is refused").to_string()
+}
+
+#[test]
+fn nothing_configured_is_one_dry_run_connection() {
+    let config = load(&[]).unwrap();
+    assert_eq!(config.connections.len(), 1);
+    let c = &config.connections[0];
+    assert_eq!(c.name, "default");
+    assert!(matches!(c.product, Product::DryRun));
+    assert_eq!(c.work_item_type, WorkItemType::Incident);
+    assert_eq!(c.grouping, Grouping::Alert);
+    assert_eq!(c.short_description_max, 160);
+    assert_eq!(config.data_dir, std::path::PathBuf::from("./itsmc-data"));
+    assert_eq!(config.alert_budget.as_millis(), 5000);
+}
+
+#[test]
+fn servicenow_from_the_environment() {
+    let config = load(&[
+        ("ITSMC_PRODUCT", "ServiceNow"),
+        ("ITSMC_URL", "https://contoso.service-now.com/"),
+        ("ITSMC_USERNAME", "svc"),
+        ("ITSMC_PASSWORD", "hunter2-password"),
+        ("ITSMC_CLIENT_ID", "cid"),
+        ("ITSMC_CLIENT_SECRET", "top-secret-value"),
+        ("ITSMC_GROUPING", "ci"),
+        ("ITSMC_REFIRE_AFTER_CLOSE", "reopen"),
+        ("ITSMC_ON_RESOLVE", "comment"),
+    ])
+    .unwrap();
+    let c = &config.connections[0];
+    let Product::ServiceNow(settings) = &c.product else { panic!("servicenow") };
+    assert_eq!(settings.url, "https://contoso.service-now.com");
+    assert!(matches!(settings.auth, ServiceNowAuth::OAuth { .. }));
+    assert_eq!(c.grouping, Grouping::Ci);
+    assert_eq!(c.policy.refire_after_close, RefireAfterClose::Reopen);
+    assert_eq!(c.policy.on_resolve, OnResolve::Comment);
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("hunter2-password") && !printed.contains("top-secret-value"), "{printed}");
+}
+
+#[test]
+fn invalid_settings_name_the_setting() {
+    assert!(error(&[("ITSMC_PRODUCT", "remedy")]).starts_with("ITSMC_PRODUCT: 'remedy' is not supported"));
+    assert!(error(&[("ITSMC_PRODUCT", "servicenow")]).starts_with("ITSMC_URL:"));
+    let e = error(&[("ITSMC_PRODUCT", "servicenow"), ("ITSMC_URL", "http://contoso.service-now.com")]);
+    assert_eq!(e, "ITSMC_URL: 'http://contoso.service-now.com' must be an https:// URL");
+    let e = error(&[("ITSMC_PRODUCT", "servicenow"), ("ITSMC_URL", "https://x.service-now.com")]);
+    assert!(e.starts_with("ITSMC_USERNAME:"), "{e}");
+    let e = error(&[
+        ("ITSMC_PRODUCT", "servicenow"),
+        ("ITSMC_URL", "https://x.service-now.com"),
+        ("ITSMC_USERNAME", "u"),
+        ("ITSMC_PASSWORD", "p"),
+        ("ITSMC_CLIENT_ID", "c"),
+    ]);
+    assert!(e.starts_with("ITSMC_CLIENT_SECRET:"), "{e}");
+    let e = error(&[("ITSMC_PRODUCT", "servicenow"), ("ITSMC_URL", "https://u:p@x.service-now.com")]);
+    assert!(e.contains("credentials") && !e.contains("u:p@"), "{e}");
+    assert!(error(&[("ITSMC_GROUPING", "team")]).starts_with("ITSMC_GROUPING: 'team' is not a grouping"));
+    assert!(error(&[("ITSMC_WORK_ITEM_TYPE", "Problem")]).starts_with("ITSMC_WORK_ITEM_TYPE:"));
+    assert!(error(&[("ITSMC_ALERT_BUDGET_MS", "20000")]).starts_with("ITSMC_ALERT_BUDGET_MS: '20000' is not"));
+    assert!(error(&[("ITSMC_ASSIGNMENT_GROUP", "{{ rule ")]).starts_with("ITSMC_ASSIGNMENT_GROUP: at character"));
+    assert!(
+        error(&[("ITSMC_CONNECTIONS_FILE", "/nonexistent/itsmc.toml")])
+            .starts_with("ITSMC_CONNECTIONS_FILE: cannot read")
+    );
+}
+
+fn with_file(text: &str, extra: &[(&str, &str)]) -> Result<Config, itsmc::config::ConfigError> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let path = file.path().display().to_string();
+    let mut pairs = vec![("ITSMC_CONNECTIONS_FILE", path.as_str())];
+    pairs.extend_from_slice(extra);
+    load(&pairs)
+}
+
+#[test]
+fn several_connections_from_a_toml_file() {
+    let config = with_file(
+        r#"
+[[connections]]
+name = "prod"
+product = "servicenow"
+url = "https://contoso.service-now.com"
+username = "svc"
+password_env = "PROD_PASSWORD"
+grouping = "rule"
+[connections.policy]
+refire_after_close = "ignore"
+close_code = "Solution provided"
+[connections.severity]
+Sev4 = { urgency = 3, impact = 2 }
+[connections.fields]
+assignment_group = "{{ customProperties.team | default(\"Ops\") }}"
+[connections.templates.database]
+category = "Database"
+
+[[connections]]
+name = "lab"
+product = "dry-run"
+"#,
+        &[("PROD_PASSWORD", "from-the-environment")],
+    )
+    .unwrap();
+    assert_eq!(config.connections.len(), 2);
+    let prod = config.connection(Some("PROD")).unwrap();
+    assert_eq!(prod.grouping, Grouping::Rule);
+    assert_eq!(prod.policy.refire_after_close, RefireAfterClose::Ignore);
+    assert_eq!(prod.policy.close_code, "Solution provided");
+    assert_eq!(prod.severity.0[4].impact, 2);
+    assert!(prod.templates.contains_key("database"));
+    let Product::ServiceNow(settings) = &prod.product else { panic!() };
+    let ServiceNowAuth::Basic { password, .. } = &settings.auth else { panic!() };
+    assert_eq!(password.expose(), "from-the-environment");
+    assert_eq!(config.connection(None).unwrap().name, "prod", "the first is the default");
+    assert!(matches!(config.connection(Some("lab")).unwrap().product, Product::DryRun));
+}
+
+#[test]
+fn toml_errors_name_the_connection_and_field() {
+    let e = with_file("[[connections]]\nname = \"a\"\nproduct = \"servicenow\"\nurl = \"https://x.service-now.com\"\nusername = \"u\"\npassword_env = \"MISSING\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("connections[0] (a).password_env") && e.contains("MISSING is not set"), "{e}");
+    let e = with_file("[[connections]]\nname = \"a\"\nproduct = \"dry-run\"\ncolour = \"blue\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("colour"), "{e}");
+    let e = with_file(
+        "[[connections]]\nname = \"a\"\nproduct = \"dry-run\"\n[[connections]]\nname = \"A\"\nproduct = \"dry-run\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("two connections have this name"), "{e}");
+    let e = with_file("[[connections]]\nname = \"a\"\nproduct = \"dry-run\"\n[connections.severity]\nSev9 = { urgency = 1, impact = 1 }\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Sev9"), "{e}");
+}
