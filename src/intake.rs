@@ -167,6 +167,27 @@ impl Intake {
         Ok(Resolved { connection: connection.name.clone(), kind, grouping, template: options.template.clone() })
     }
 
+    /// The link to claim with the delivery: only for a fire whose one work item has no link yet.
+    async fn first_fire_link(&self, alert: &Alert, resolved: &Resolved, delivery: &str) -> Option<(String, Value)> {
+        if alert.condition != Condition::Fired {
+            return None;
+        }
+        let mut plans = workitem::correlation_keys(&resolved.connection, resolved.kind, resolved.grouping, alert);
+        if plans.len() != 1 {
+            return None;
+        }
+        let plan = plans.pop()?;
+        if !matches!(self.store.get(Table::Links, &plan.correlation_key).await, Ok(None)) {
+            return None;
+        }
+        let link = Link::claim(&resolved.connection, &alert.rule, plan.configuration_item.as_deref().unwrap_or_default(), delivery, self.lease_until());
+        Some((plan.correlation_key, serde_json::to_value(link).ok()?))
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms() + self.config.outbox.lease.as_millis() as i64
+    }
+
     /// Accept one posted alert. `Ok` is answered 200 (or 202 for `Action::Queued`).
     pub async fn accept(self: &Arc<Self>, body: &[u8], options: &Options) -> Result<Outcome, IntakeError> {
         let alert = alert::parse(body).map_err(|e| bad(e.code, e.message))?;
@@ -183,9 +204,21 @@ impl Intake {
             "attempts": 0,
             "firstSeenAt": now,
             "nextAttemptAt": now,
-            "leaseUntil": now + self.config.outbox.lease.as_millis() as i64,
+            "leaseUntil": self.lease_until(),
         });
-        let etag = match self.store.insert(Table::Deliveries, &delivery, &record).await {
+        // A first fire claims its work item's link in the same store batch as the delivery, so the create
+        // path waits for two commits rather than three. Racing claims stay safe: a link claimed here is owned by
+        // this delivery id, and whoever runs this delivery takes it over.
+        let link_claim = self.first_fire_link(&alert, &resolved, &delivery).await;
+        let claim_delivery = self.store.insert(Table::Deliveries, &delivery, &record);
+        let claim_link = async {
+            if let Some((key, value)) = &link_claim {
+                // Losing this race is fine: the delivery then claims or waits for the link as usual.
+                let _ = self.store.insert(Table::Links, key, value).await;
+            }
+        };
+        let (claimed, ()) = tokio::join!(claim_delivery, claim_link);
+        let etag = match claimed {
             Ok(Insert::Inserted { etag }) => etag,
             Ok(Insert::Conflict(existing)) => return Ok(duplicate(&existing.value)),
             Err(e) => return Err(IntakeError::Unavailable(format!("the alert could not be recorded: {e}"))),
@@ -209,7 +242,8 @@ impl Intake {
         alert: Alert,
         resolved: Resolved,
     ) -> Result<Outcome, IntakeError> {
-        let result = self.execute(&delivery, &alert, &resolved).await;
+        let mut finishes = Vec::new();
+        let result = self.execute(&delivery, &alert, &resolved, &mut finishes).await;
         let attempts = record["attempts"].as_i64().unwrap_or(0) + 1;
         record["attempts"] = json!(attempts);
         let now = now_ms();
@@ -245,7 +279,22 @@ impl Intake {
                 }
             }
         };
-        match self.store.replace(Table::Deliveries, &delivery, &record, &etag).await {
+        let record_outcome = self.store.replace(Table::Deliveries, &delivery, &record, &etag);
+        let record_links = async {
+            for (key, link, etag) in &finishes {
+                let saved = match serde_json::to_value(link) {
+                    Ok(value) => self.store.replace(Table::Links, key, &value, etag).await,
+                    Err(e) => Err(StoreError::Corrupt(e.to_string())),
+                };
+                // A link left in `creating` is taken over once its lease runs out; the ITSM lookup by key
+                // then finds the work item made here.
+                if !matches!(saved, Ok(Swap::Replaced { .. })) {
+                    tracing::warn!(key, "the link to a new work item could not be recorded");
+                }
+            }
+        };
+        let (recorded, ()) = tokio::join!(record_outcome, record_links);
+        match recorded {
             Ok(Swap::Replaced { .. }) => {}
             Ok(Swap::Stale(_)) => tracing::warn!(delivery, "the delivery record changed while it was processed"),
             // The record keeps its lease: after it runs out the outbox runs the delivery again.
@@ -282,7 +331,15 @@ impl Intake {
         self.recent.lock().map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
     }
 
-    async fn execute(&self, delivery: &str, alert: &Alert, resolved: &Resolved) -> Result<Outcome, Failure> {
+    /// Apply the delivery to each of its work items. Link writes that may wait are returned, also on failure,
+    /// so `run` stores them with the delivery's outcome.
+    async fn execute(
+        &self,
+        delivery: &str,
+        alert: &Alert,
+        resolved: &Resolved,
+        finishes: &mut Vec<(String, Link, String)>,
+    ) -> Result<Outcome, Failure> {
         let (connection, connector) = self.connection(&resolved.connection).ok_or_else(|| {
             Failure::Permanent(format!("connection '{}' is no longer configured", resolved.connection))
         })?;
@@ -306,9 +363,10 @@ impl Intake {
                 content: &content,
                 scope: &scope,
             };
-            let (done, item) = step.apply().await?;
-            action = action.max(Some(done));
-            if let Some(item) = item {
+            let applied = step.apply().await?;
+            action = action.max(Some(applied.action));
+            finishes.extend(applied.finish);
+            if let Some(item) = applied.item {
                 work_items.push(WorkItemView { connection: connection.name.clone(), item });
             }
         }
@@ -381,6 +439,36 @@ struct Link {
     updated_at: i64,
 }
 
+impl Link {
+    fn claim(connection: &str, rule: &str, configuration_item: &str, owner: &str, lease_until: i64) -> Link {
+        Link {
+            state: "creating".into(),
+            owner: owner.into(),
+            lease_until,
+            work_item: None,
+            fire_count: 0,
+            last_delivery: String::new(),
+            connection: connection.into(),
+            rule: rule.into(),
+            configuration_item: configuration_item.into(),
+            updated_at: now_ms(),
+        }
+    }
+}
+
+/// What one work item's step did, and the link write it leaves for the end of the delivery.
+struct Applied {
+    action: Action,
+    item: Option<WorkItem>,
+    finish: Option<(String, Link, String)>,
+}
+
+impl Applied {
+    fn done(action: Action, item: Option<WorkItem>) -> Applied {
+        Applied { action, item, finish: None }
+    }
+}
+
 /// One work item's share of a delivery.
 struct Step<'a> {
     intake: &'a Intake,
@@ -406,18 +494,15 @@ impl Step<'_> {
     }
 
     fn new_link(&self, state: &str) -> Link {
-        Link {
-            state: state.into(),
-            owner: self.delivery.into(),
-            lease_until: now_ms() + self.intake.config.outbox.lease.as_millis() as i64,
-            work_item: None,
-            fire_count: 0,
-            last_delivery: String::new(),
-            connection: self.connection.name.clone(),
-            rule: self.alert.rule.clone(),
-            configuration_item: self.content.configuration_item.clone(),
-            updated_at: now_ms(),
-        }
+        let mut link = Link::claim(
+            &self.connection.name,
+            &self.alert.rule,
+            &self.content.configuration_item,
+            self.delivery,
+            self.intake.lease_until(),
+        );
+        link.state = state.into();
+        link
     }
 
     async fn save(&self, link: &Link, etag: &str) -> Result<bool, Failure> {
@@ -427,7 +512,7 @@ impl Step<'_> {
         Ok(matches!(self.store().replace(Table::Links, self.key(), &value, etag).await?, Swap::Replaced { .. }))
     }
 
-    async fn apply(&self) -> Result<(Action, Option<WorkItem>), Failure> {
+    async fn apply(&self) -> Result<Applied, Failure> {
         let mut noted = false;
         for _ in 0..ATTEMPTS {
             let entry = self.store().get(Table::Links, self.key()).await?;
@@ -446,13 +531,18 @@ impl Step<'_> {
                 .map_err(|e| Failure::Store(StoreError::Corrupt(format!("link {}: {e}", self.key()))))?;
             if link.state == "creating" {
                 let mine = link.owner == self.delivery;
-                if !mine && link.lease_until > now_ms() {
+                let leased = link.lease_until > now_ms();
+                if mine && leased {
+                    // Claimed with the delivery (or by this delivery's earlier attempt, still leased).
+                    return self.create(link, entry.etag).await;
+                }
+                if leased {
                     return Err(Failure::Busy);
                 }
-                // Ours from an earlier attempt, or its owner died: take it over. `create` looks the key up
-                // in the ITSM tool first, so a work item the owner made before dying is found, not doubled.
+                // Its owner died: take it over. `create` looks the key up in the ITSM tool first, so a work
+                // item the owner made before dying is found, not doubled.
                 link.owner = self.delivery.into();
-                link.lease_until = now_ms() + self.intake.config.outbox.lease.as_millis() as i64;
+                link.lease_until = self.intake.lease_until();
                 if !self.save(&link, &entry.etag).await? {
                     continue;
                 }
@@ -464,7 +554,7 @@ impl Step<'_> {
                 .clone()
                 .ok_or_else(|| Failure::Permanent(format!("link {} has no work item", self.key())))?;
             if link.last_delivery == self.delivery {
-                return Ok((Action::Duplicate, Some(item)));
+                return Ok(Applied::done(Action::Duplicate, Some(item)));
             }
             match (self.alert.condition, link.state.as_str()) {
                 (Condition::Fired, "open") => {
@@ -478,7 +568,7 @@ impl Step<'_> {
                     link.fire_count += 1;
                     link.last_delivery = self.delivery.into();
                     if self.save(&link, &entry.etag).await? {
-                        return Ok((Action::Updated, Some(item)));
+                        return Ok(Applied::done(Action::Updated, Some(item)));
                     }
                 }
                 (Condition::Fired, _) => return self.refire_after_close(link, entry.etag, item).await,
@@ -489,10 +579,10 @@ impl Step<'_> {
                     }
                     link.last_delivery = self.delivery.into();
                     if self.save(&link, &entry.etag).await? {
-                        return Ok((action, Some(item)));
+                        return Ok(Applied::done(action, Some(item)));
                     }
                 }
-                (Condition::Resolved, _) => return Ok((Action::Ignored, Some(item))),
+                (Condition::Resolved, _) => return Ok(Applied::done(Action::Ignored, Some(item))),
             }
         }
         Err(Failure::Busy)
@@ -512,7 +602,7 @@ impl Step<'_> {
 
     /// Create the work item for a link we hold in `creating`, unless the ITSM tool already has an open one
     /// with this key (our state was lost, or an owner died after creating it).
-    async fn create(&self, mut link: Link, etag: String) -> Result<(Action, Option<WorkItem>), Failure> {
+    async fn create(&self, mut link: Link, etag: String) -> Result<Applied, Failure> {
         let (action, item) = match self.connector.find(self.kind, self.key()).await? {
             Some(found) if found.active => {
                 self.connector
@@ -527,10 +617,9 @@ impl Step<'_> {
         link.fire_count += 1;
         link.last_delivery = self.delivery.into();
         link.lease_until = 0;
-        if !self.save(&link, &etag).await? {
-            tracing::warn!(key = self.key(), "the link changed while its work item was created");
-        }
-        Ok((action, Some(item)))
+        link.updated_at = now_ms();
+        // Written together with the delivery's outcome (one store batch), by `Intake::run`.
+        Ok(Applied { action, item: Some(item), finish: Some((self.key().to_string(), link, etag)) })
     }
 
     async fn refire_after_close(
@@ -538,12 +627,12 @@ impl Step<'_> {
         mut link: Link,
         etag: String,
         item: WorkItem,
-    ) -> Result<(Action, Option<WorkItem>), Failure> {
+    ) -> Result<Applied, Failure> {
         match self.connection.policy.refire_after_close {
             RefireAfterClose::Ignore => {
                 link.last_delivery = self.delivery.into();
                 self.save(&link, &etag).await?;
-                Ok((Action::Ignored, Some(item)))
+                Ok(Applied::done(Action::Ignored, Some(item)))
             }
             RefireAfterClose::Reopen => {
                 self.connector.reopen(&item, self.content, &self.refire_note(link.fire_count + 1)).await?;
@@ -551,7 +640,7 @@ impl Step<'_> {
                 link.fire_count += 1;
                 link.last_delivery = self.delivery.into();
                 self.save(&link, &etag).await?;
-                Ok((Action::Updated, Some(item)))
+                Ok(Applied::done(Action::Updated, Some(item)))
             }
             RefireAfterClose::New => {
                 let mut claim = self.new_link("creating");
@@ -584,7 +673,7 @@ impl Step<'_> {
 
     /// A resolve for a key we hold no link for: never create, but resolve what the ITSM tool has open
     /// under the key (our state was lost since it was created).
-    async fn resolve_unlinked(&self) -> Result<(Action, Option<WorkItem>), Failure> {
+    async fn resolve_unlinked(&self) -> Result<Applied, Failure> {
         match self.connector.find(self.kind, self.key()).await? {
             Some(found) if found.active => {
                 let action = self.resolve(&found.item).await?;
@@ -594,9 +683,9 @@ impl Step<'_> {
                 link.lease_until = 0;
                 let value = serde_json::to_value(&link).map_err(|e| Failure::Permanent(e.to_string()))?;
                 self.store().insert(Table::Links, self.key(), &value).await?;
-                Ok((action, Some(found.item)))
+                Ok(Applied::done(action, Some(found.item)))
             }
-            _ => Ok((Action::Ignored, None)),
+            _ => Ok(Applied::done(Action::Ignored, None)),
         }
     }
 }

@@ -939,23 +939,45 @@ fn trap_search_result_singular_or_plural() {
     );
 }
 
+fn metric_line_with(value: Value, threshold: Value) -> String {
+    let mut body = fixture_json("cas-test-metric-static-fired.json");
+    body["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value;
+    body["data"]["alertContext"]["condition"]["allOf"][0]["threshold"] = threshold;
+    ok_json(&body).condition_summary[0].clone()
+}
+
 #[test]
-fn trap_metric_value_int_or_float_and_thresholds_as_strings_or_numbers() {
-    for (value, threshold, line) in [
-        (json!(100), json!("0"), "Transactions GreaterThan 0 (Total over PT5M): 100"),
-        (json!(7.727), json!("0"), "Transactions GreaterThan 0 (Total over PT5M): 7.727"),
-        (json!(5.0), json!(0), "Transactions GreaterThan 0 (Total over PT5M): 5"),
-        (json!("42"), json!(0.5), "Transactions GreaterThan 0.5 (Total over PT5M): 42"),
-        (json!(null), json!(null), "Transactions GreaterThan (Total over PT5M)"),
+fn trap_metric_value_int_or_float() {
+    for (value, shown) in [
+        (json!(100), "100"),
+        (json!(50101), "50101"),
+        (json!(7.727), "7.727"),
+        (json!(31.1105), "31.1105"),
+        (json!(5.0), "5"),
+        (json!(0.0), "0"),
+        (json!(-2.5), "-2.5"),
+        (json!("42"), "42"),
     ] {
-        let mut body = fixture_json("cas-test-metric-static-fired.json");
-        body["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value.clone();
-        body["data"]["alertContext"]["condition"]["allOf"][0]["threshold"] = threshold.clone();
-        assert_eq!(ok_json(&body).condition_summary[0], line, "{value} {threshold}");
+        let line = metric_line_with(value.clone(), json!("0"));
+        assert_eq!(line, format!("Transactions GreaterThan 0 (Total over PT5M): {shown}"), "{value}");
     }
-    // Log V1 thresholds come as numbers, integer or float.
+    assert_eq!(metric_line_with(json!(null), json!("0")), "Transactions GreaterThan 0 (Total over PT5M)");
+}
+
+#[test]
+fn trap_thresholds_are_strings_or_numbers() {
+    for (threshold, shown) in
+        [(json!("0.3"), "0.3"), (json!(0.3), "0.3"), (json!("25"), "25"), (json!(25), "25"), (json!(25.0), "25")]
+    {
+        let line = metric_line_with(json!(100), threshold.clone());
+        assert_eq!(line, format!("Transactions GreaterThan {shown} (Total over PT5M): 100"), "{threshold}");
+    }
+    assert_eq!(metric_line_with(json!(100), json!(null)), "Transactions GreaterThan (Total over PT5M): 100");
+    // Log V1 thresholds come as numbers, integer (10000) or float (10000.0), and read the same.
     let (a, _) = wrapped("cas-alertcontext-log-v1-appinsights.json", "Application Insights", "Log");
+    let (b, _) = wrapped("cas-alertcontext-log-v1-loganalytics.json", "Log Analytics", "Log");
     assert!(a.condition_summary[0].ends_with("Less Than 10000: 2"), "{:?}", a.condition_summary);
+    assert!(b.condition_summary[0].ends_with("Less Than 10000: 2"), "{:?}", b.condition_summary);
 }
 
 #[test]
@@ -1599,6 +1621,12 @@ fn huge_strings() {
     let a = ok_json(&body);
     assert!(a.condition_summary[0].starts_with("Heartbeat | where xxx"));
     assert!(a.condition_summary[0].len() < 300, "{}", a.condition_summary[0].len());
+    // In a name that is quoted whole: the line is cut.
+    let mut body = fixture_json("cas-test-metric-static-fired.json");
+    body["data"]["alertContext"]["condition"]["allOf"][0]["metricName"] = json!(huge);
+    body["data"]["alertContext"]["condition"]["allOf"][0]["dimensions"][0]["value"] = json!(huge);
+    let a = ok_json(&body);
+    assert!(a.condition_summary.iter().all(|l| l.len() <= 1003), "lines are cut");
     // Multi-byte text cut on a character boundary.
     let mut body = fixture_json("legacy-log-alert-v1-number-of-results.json");
     body["SearchQuery"] = json!("é".repeat(100_000));
@@ -1616,4 +1644,18 @@ fn duplicate_keys_are_refused() {
     let body =
         br#"{"schemaId":"azureMonitorCommonAlertSchema","data":{"essentials":{"alertRule":"a","alertRule":"b"}}}"#;
     assert_error(parse(body), "invalid_field", "alertRule");
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_not_json() {
+    for body in [
+        &b"{\"x\":\"\xff\"}"[..],
+        b"{\"schemaId\":\"azureMonitorCommonAlertSchema\",\"data\":{\"essentials\":{\"alertRule\":\"\xff\"}}}",
+        b"{\"AlertRuleName\":\"r\",\n\"SubscriptionId\":\"\xc3\"}",
+        b"\xff",
+    ] {
+        assert_error(parse(body), "not_json", "UTF-8");
+    }
+    let e = parse(b"{\"a\":1,\n \"b\":\"\xc3(\"}").expect_err("not UTF-8");
+    assert!(e.message.ends_with("line 2 column 7"), "{}", e.message);
 }

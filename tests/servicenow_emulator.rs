@@ -819,3 +819,75 @@ async fn malformed_requests_get_servicenow_errors_not_panics() {
     assert!(quiet.bytes().await.unwrap().is_empty());
     assert_eq!(emulator.count("incident"), 1);
 }
+
+/// The load benchmark holds tens of thousands of incidents and looks one up by correlation id for
+/// every alert; the emulator must answer from its index rather than scanning the table each time.
+#[tokio::test]
+async fn correlation_id_lookups_stay_fast_with_twenty_thousand_incidents() {
+    const RECORDS: usize = 20_000;
+    const LOOKUPS: usize = 2_000;
+    let emulator = start();
+    let client = Client::new();
+    let url = table_url(&emulator, "incident");
+    let correlation_id = |i: usize| format!("{:040x}", i * 7919);
+
+    let seeding = Instant::now();
+    let sys_ids: Vec<String> = (0..RECORDS)
+        .map(|i| {
+            emulator.insert(
+                "incident",
+                json!({"correlation_id": correlation_id(i), "short_description": format!("alert {i}")}),
+            )
+        })
+        .collect();
+    println!("seeded {RECORDS} incidents in {:?}", seeding.elapsed());
+
+    let lookup = |correlation_id: String| {
+        let client = &client;
+        let url = &url;
+        async move {
+            let query = format!("correlation_id={correlation_id}^ORDERBYDESCsys_created_on");
+            let response = get(
+                client,
+                url,
+                &[
+                    ("sysparm_query", query.as_str()),
+                    ("sysparm_fields", "sys_id,number,state,active"),
+                    ("sysparm_limit", "1"),
+                    ("sysparm_exclude_reference_link", "true"),
+                ],
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let total = header(response.headers(), "x-total-count").to_owned();
+            let body: Value = response.json().await.unwrap();
+            (total, body["result"].as_array().unwrap().clone())
+        }
+    };
+
+    let (total, rows) = lookup(correlation_id(12_345)).await;
+    assert_eq!(total, "1");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0], json!({"sys_id": sys_ids[12_345], "number": "INC0022346", "state": "1", "active": "true"}));
+
+    let timed = Instant::now();
+    for n in 0..LOOKUPS {
+        let i = n * (RECORDS / LOOKUPS) + n % 10;
+        let (_, rows) = lookup(correlation_id(i)).await;
+        assert_eq!(rows.len(), 1, "lookup {i}");
+        assert_eq!(rows[0]["sys_id"], sys_ids[i], "lookup {i}");
+    }
+    println!("{LOOKUPS} correlation_id lookups over {RECORDS} incidents took {:?}", timed.elapsed());
+
+    // The index follows updates, newer duplicates win the ORDER BY, and deleted records disappear.
+    assert!(emulator.update("incident", &sys_ids[7], json!({"correlation_id": "moved"})));
+    assert!(lookup(correlation_id(7)).await.1.is_empty());
+    assert_eq!(lookup("moved".to_owned()).await.1[0]["sys_id"], sys_ids[7]);
+    let newer =
+        emulator.insert("incident", json!({"correlation_id": "moved", "sys_created_on": "2999-01-01 00:00:00"}));
+    let (total, rows) = lookup("moved".to_owned()).await;
+    assert_eq!((total.as_str(), rows[0]["sys_id"].as_str()), ("2", Some(newer.as_str())));
+    let deleted = client.delete(format!("{url}/{newer}")).basic_auth(DEFAULT_USERNAME, Some(DEFAULT_PASSWORD));
+    assert_eq!(deleted.send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(lookup("moved".to_owned()).await.1[0]["sys_id"], sys_ids[7]);
+}

@@ -141,7 +141,8 @@ async fn replace_with_stale_etag(store: Arc<dyn Store>) {
     assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), &old).await.unwrap(), expected);
     // An etag the store never issued is just another mismatch.
     assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), "W/\"bogus\"").await.unwrap(), expected);
-    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), "").await.unwrap(), expected);
+    // Not a wildcard, as it would be in an HTTP If-Match: a store must never write unconditionally.
+    assert_eq!(store.replace(Table::Links, "k", &json!({"n": 99}), "*").await.unwrap(), expected);
     assert_eq!(store.get(Table::Links, "k").await.unwrap(), Some(entry("k", &current, json!({"n": 1}))));
 }
 
@@ -180,6 +181,7 @@ async fn delete_with_etag(store: Arc<dyn Store>) {
     let etag = replaced(store.replace(Table::Deliveries, "d", &json!({"v": 2}), &old).await.unwrap());
     assert!(!store.delete(Table::Deliveries, "d", &old).await.unwrap());
     assert!(!store.delete(Table::Deliveries, "d", "nonsense").await.unwrap());
+    assert!(!store.delete(Table::Deliveries, "d", "*").await.unwrap());
     assert_eq!(store.get(Table::Deliveries, "d").await.unwrap(), Some(entry("d", &etag, json!({"v": 2}))));
     assert!(store.delete(Table::Deliveries, "d", &etag).await.unwrap());
     assert_eq!(store.get(Table::Deliveries, "d").await.unwrap(), None);
@@ -627,6 +629,7 @@ async fn full_disk_fails_writes_and_recovers() {
 
     let big = json!({"padding": "x".repeat(256 * 1024)});
     let mut failure = None;
+    let mut failed = Vec::new();
     let mut acknowledged = Vec::new();
     for i in 0..64 {
         let mut tasks = JoinSet::new();
@@ -641,7 +644,10 @@ async fn full_disk_fails_writes_and_recovers() {
         for (key, outcome) in tasks.join_all().await {
             match outcome {
                 Ok(outcome) => acknowledged.push((key, inserted(outcome))),
-                Err(StoreError::Unavailable(message)) => failure = Some((key, message)),
+                Err(StoreError::Unavailable(message)) => {
+                    failed.push(key.clone());
+                    failure = Some((key, message));
+                }
                 Err(other) => panic!("expected Unavailable, got {other:?}"),
             }
         }
@@ -653,8 +659,10 @@ async fn full_disk_fails_writes_and_recovers() {
     eprintln!("the full disk was reported as: {message}");
     assert!(message.contains("No space left on device"), "{message}");
     assert!(message.contains(&dir.join("itsmc.redb").display().to_string()), "{message}");
-    // Nothing of the failed batch is visible, the rest is intact.
-    assert_eq!(store.get(Table::Links, &failed_key).await.unwrap(), None);
+    // Nothing of the failed writes is visible, the rest is intact.
+    for key in &failed {
+        assert_eq!(store.get(Table::Links, key).await.unwrap(), None, "{key}");
+    }
     assert_eq!(store.get(Table::Links, "before").await.unwrap(), Some(entry("before", &before, json!({"v": 1}))));
 
     // Truncated rather than only removed: a child process another test forks in the meantime holds a
@@ -670,5 +678,16 @@ async fn full_disk_fails_writes_and_recovers() {
     assert_eq!(store.get(Table::Links, &failed_key).await.unwrap().unwrap().value, json!({"retried": true}));
     for (key, etag) in acknowledged {
         assert_eq!(store.get(Table::Links, &key).await.unwrap().unwrap().etag, etag, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("itsmc.redb"), "name,value\nnot,redb\n".repeat(500)).unwrap();
+    match EmbeddedStore::open(dir.path()) {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("itsmc.redb"), "{message}"),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("opened a file that is not a database"),
     }
 }

@@ -161,29 +161,32 @@ impl<'a, D> Top<'a, D> {
 pub(super) fn parse(body: &[u8]) -> Result<Alert, ParseError> {
     // A UTF-8 byte order mark is not JSON, but some senders add one; the hash still covers it.
     let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(not_an_object(json));
+    // JSON is UTF-8 (RFC 8259). Checking it up front also matters because serde_json does not look inside
+    // the strings it skips, and reading text spares it a UTF-8 check per string it keeps.
+    let text = std::str::from_utf8(json).map_err(|e| ParseError::not_utf8(json, e.valid_up_to()))?;
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        return Err(not_an_object(text));
     }
-    let (head, data) = match serde_json::from_slice::<Top<'_, Data<'_>>>(json) {
+    let (head, data) = match serde_json::from_str::<Top<'_, Data<'_>>>(text) {
         Ok(top) => {
             let (head, data) = top.split();
             (head, data.map_or(DataPart::Absent, DataPart::Parsed))
         }
         Err(_) => {
-            if let Err(e) = serde_json::from_slice::<IgnoredAny>(json) {
+            if let Err(e) = serde_json::from_str::<IgnoredAny>(text) {
                 return Err(ParseError::not_json(&e));
             }
             // Valid JSON that the fast path refused: only a duplicate top-level key fails here too.
-            let top = serde_json::from_slice::<Top<'_, &RawValue>>(json)
+            let top = serde_json::from_str::<Top<'_, &RawValue>>(text)
                 .map_err(|e| ParseError { code: "invalid_field", message: format!("invalid top-level field: {e}") })?;
             let (head, data) = top.split();
             (head, data.map_or(DataPart::Absent, DataPart::Raw))
         }
     };
-    dispatch(json, head, data, sha256_hex(body))
+    dispatch(text, head, data, sha256_hex(body))
 }
 
-fn dispatch(json: &[u8], head: Head<'_>, data: DataPart<'_>, hash: String) -> Result<Alert, ParseError> {
+fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>, hash: String) -> Result<Alert, ParseError> {
     let schema_id = match head.schema_id.map(scalar) {
         None => None,
         Some(Scalar::Str(s)) => Some(s),
@@ -247,11 +250,11 @@ fn dispatch(json: &[u8], head: Head<'_>, data: DataPart<'_>, hash: String) -> Re
 }
 
 /// A body that does not start with `{`: not JSON at all, or JSON of the wrong kind.
-fn not_an_object(json: &[u8]) -> ParseError {
-    if let Err(e) = serde_json::from_slice::<IgnoredAny>(json) {
+fn not_an_object(text: &str) -> ParseError {
+    if let Err(e) = serde_json::from_str::<IgnoredAny>(text) {
         return ParseError::not_json(&e);
     }
-    let kind = match json.iter().find(|b| !b.is_ascii_whitespace()) {
+    let kind = match text.trim_start().as_bytes().first() {
         Some(b'[') => "an array",
         Some(b'"') => "a string",
         Some(b't' | b'f') => "a boolean",

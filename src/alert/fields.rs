@@ -27,6 +27,17 @@ impl ParseError {
         ParseError { code: "not_json", message: format!("body is not valid JSON: {err}") }
     }
 
+    /// Bytes that are not UTF-8, located the way serde_json locates its errors.
+    pub(super) fn not_utf8(body: &[u8], valid_up_to: usize) -> Self {
+        let before = body.get(..valid_up_to).unwrap_or(body);
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        ParseError {
+            code: "not_json",
+            message: format!("body is not valid JSON: invalid UTF-8 at line {line} column {column}"),
+        }
+    }
+
     pub(super) fn not_an_alert(found: impl Display) -> Self {
         ParseError { code: "not_an_alert", message: format!("{EXPECTED}; got {found}") }
     }

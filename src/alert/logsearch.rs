@@ -10,9 +10,9 @@ use super::fields::{echo, field, field_any, get, get_any, required_field, severi
 use super::summary::{self, Findings};
 use super::{Alert, Condition, ParseError, Schema, Severity};
 
-pub(super) fn parse(json: &[u8], schema: Schema, in_data: bool, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn parse(json: &str, schema: Schema, in_data: bool, body_hash: String) -> Result<Alert, ParseError> {
     // Valid JSON already; what can fail is serde_json's recursion limit or a number out of range.
-    let body: Value = serde_json::from_slice(json).map_err(|e| ParseError::invalid("body", e))?;
+    let body: Value = serde_json::from_str(json).map_err(|e| ParseError::invalid("body", e))?;
     let (root, prefix) = if in_data {
         match get(&body, "data") {
             Some(d) if d.is_object() => (d, "data."),
@@ -76,7 +76,7 @@ pub(super) fn parse(json: &[u8], schema: Schema, in_data: bool, body_hash: Strin
         resolved_at: None,
         description: field(root, "Description").map(|s| s.into_owned()).unwrap_or_default(),
         custom_properties: Default::default(),
-        condition_summary: f.lines,
+        condition_summary: f.take_lines(),
         links: f.links,
         search_rows: f.rows,
         context: Value::Null,

@@ -13,6 +13,10 @@ use super::fields::{embedded, field, field_any, flag, get, get_any, one_line, st
 /// Longest query or free text quoted in a summary line.
 const QUOTE_MAX: usize = 200;
 
+/// Longest summary line: a hostile or broken payload (a 2 MB metric name) must not make a 2 MB work item
+/// title downstream. Generous, because real lines are far shorter.
+const LINE_MAX: usize = 1000;
+
 /// What a context yields besides itself.
 #[derive(Default)]
 pub(super) struct Findings {
@@ -33,6 +37,18 @@ pub(super) struct Findings {
 }
 
 impl Findings {
+    /// The condition lines, each cut to `LINE_MAX` characters.
+    pub fn take_lines(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.lines);
+        for line in &mut lines {
+            if let Some((cut, _)) = line.char_indices().nth(LINE_MAX) {
+                line.truncate(cut);
+                line.push_str("...");
+            }
+        }
+        lines
+    }
+
     pub fn link(&mut self, label: &str, v: Option<&Value>) {
         if let Some(Value::String(url)) = v {
             self.link_str(label, url);
@@ -262,7 +278,7 @@ impl RowShape {
 
     fn object(&self, row: &Value, names: &[Cow<'_, str>]) -> Value {
         let Value::Array(cells) = row else { return row.clone() };
-        if cells.len() == names.len() && self.template.len() == self.columns.len() {
+        if cells.len() == names.len() {
             let mut object = self.template.clone();
             for ((_, slot), &column) in object.iter_mut().zip(&self.columns) {
                 if let Some(cell) = cells.get(column) {

@@ -106,7 +106,11 @@ impl Writer<'_> {
         if next == last {
             // Every condition failed: nothing to make durable, so no fsync. The answers describe
             // committed state, since every earlier commit was durable.
-            drop(txn);
+            if let Err(err) = txn.abort() {
+                // Nothing was written, so the answers stand; the next batch starts from a reopen.
+                tracing::warn!(path = %self.shared.path.display(), %err, "aborting a read-only batch failed");
+                self.last_version = None;
+            }
             return Ok(answers);
         }
         let committed = txn.commit();
@@ -124,7 +128,8 @@ impl Writer<'_> {
                 // happened.
                 match self.reopen() {
                     Ok(()) if self.last_version == Some(next) => {
-                        tracing::warn!(path = %self.shared.path.display(), %cause, "a commit reported failure but was durable");
+                        let path = self.shared.path.display();
+                        tracing::warn!(%path, %cause, "a commit reported failure but was durable");
                         Ok(answers)
                     }
                     Ok(()) => Err(cause),
