@@ -226,8 +226,22 @@ async fn open_loop(url: &str, rate: u64, seconds: u64, tag: &str) -> (Vec<Durati
     (latencies, failed)
 }
 
-fn count(actions: &[String], action: &str) -> usize {
-    actions.iter().filter(|a| *a == action).count()
+/// One closed-loop run whose every answer must be `expected`; prints rate, latency and itsmc's CPU per alert.
+async fn measured_run(name: &str, expected: &str, url: &str, pid: u32, bodies: Vec<String>, concurrency: usize) {
+    let alerts = bodies.len();
+    let cpu_before = cpu_seconds(pid);
+    let (wall, latencies, actions) = closed_loop(url, bodies, concurrency).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let unexpected: Vec<&String> = actions.iter().filter(|a| *a != expected).take(5).collect();
+    assert!(unexpected.is_empty(), "{name}: every answer should be {expected}: {unexpected:?}");
+    println!(
+        "{name}: {alerts} alerts at concurrency {concurrency} in {:.2} s = {:.0} alerts/s; p50 {:?}, p99 {:?}; itsmc CPU {:.1} us/alert",
+        wall.as_secs_f64(),
+        alerts as f64 / wall.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        cpu * 1e6 / alerts as f64
+    );
 }
 
 fn main() {
@@ -252,39 +266,22 @@ fn main() {
         let pid = itsmc.child.id();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_rss = rss_kib(pid);
-        println!("start to ready: median {:?}, min {:?}, max {:?} ({} starts)", starts[starts.len() / 2], starts[0], starts[starts.len() - 1], starts.len());
+        println!(
+            "start to ready: median {:?}, min {:?}, max {:?} ({} starts)",
+            starts[starts.len() / 2],
+            starts[0],
+            starts[starts.len() - 1],
+            starts.len()
+        );
         println!("idle RSS: {:.1} MB", idle_rss as f64 / 1024.0);
 
         // Warm-up: connections, the store file, the emulator's tables.
         let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "warm")).collect(), concurrency).await;
 
         let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "create")).collect();
-        let cpu_before = cpu_seconds(pid);
-        let (wall, latencies, actions) = closed_loop(&itsmc.url, bodies.clone(), concurrency).await;
-        let cpu = cpu_seconds(pid) - cpu_before;
-        assert_eq!(count(&actions, "created"), alerts as usize, "every alert created: {:?}", &actions[..actions.len().min(5)]);
-        println!(
-            "create path: {alerts} alerts at concurrency {concurrency} in {:.2} s = {:.0} alerts/s; p50 {:?}, p99 {:?}; itsmc CPU {:.1} us/alert",
-            wall.as_secs_f64(),
-            alerts as f64 / wall.as_secs_f64(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            cpu * 1e6 / alerts as f64
-        );
+        measured_run("create path", "created", &itsmc.url, pid, bodies.clone(), concurrency).await;
         println!("peak RSS after the create run: {:.1} MB", rss_kib(pid) as f64 / 1024.0);
-
-        let cpu_before = cpu_seconds(pid);
-        let (wall, latencies, actions) = closed_loop(&itsmc.url, bodies, concurrency).await;
-        let cpu = cpu_seconds(pid) - cpu_before;
-        assert_eq!(count(&actions, "duplicate"), alerts as usize);
-        println!(
-            "duplicates: {alerts} at concurrency {concurrency} in {:.2} s = {:.0}/s; p50 {:?}, p99 {:?}; itsmc CPU {:.1} us/delivery",
-            wall.as_secs_f64(),
-            alerts as f64 / wall.as_secs_f64(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            cpu * 1e6 / alerts as f64
-        );
+        measured_run("duplicates", "duplicate", &itsmc.url, pid, bodies, concurrency).await;
 
         let (latencies, failed) = open_loop(&itsmc.url, rate, seconds, "steady").await;
         assert_eq!(failed, 0);

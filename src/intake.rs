@@ -180,7 +180,13 @@ impl Intake {
         if !matches!(self.store.get(Table::Links, &plan.correlation_key).await, Ok(None)) {
             return None;
         }
-        let link = Link::claim(&resolved.connection, &alert.rule, plan.configuration_item.as_deref().unwrap_or_default(), delivery, self.lease_until());
+        let link = Link::claim(
+            &resolved.connection,
+            &alert.rule,
+            plan.configuration_item.as_deref().unwrap_or_default(),
+            delivery,
+            self.lease_until(),
+        );
         Some((plan.correlation_key, serde_json::to_value(link).ok()?))
     }
 
@@ -622,12 +628,7 @@ impl Step<'_> {
         Ok(Applied { action, item: Some(item), finish: Some((self.key().to_string(), link, etag)) })
     }
 
-    async fn refire_after_close(
-        &self,
-        mut link: Link,
-        etag: String,
-        item: WorkItem,
-    ) -> Result<Applied, Failure> {
+    async fn refire_after_close(&self, mut link: Link, etag: String, item: WorkItem) -> Result<Applied, Failure> {
         match self.connection.policy.refire_after_close {
             RefireAfterClose::Ignore => {
                 link.last_delivery = self.delivery.into();

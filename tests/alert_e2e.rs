@@ -509,3 +509,18 @@ async fn the_timer_envelope_drains_the_outbox_and_answers_in_kind() {
     assert!(returned["outbox"]["pending"].is_number());
     assert!(eventually(10, || sn.count("incident") == 1).await);
 }
+
+#[tokio::test]
+async fn a_slow_servicenow_gets_a_202_within_the_budget_and_the_work_finishes() {
+    let sn = emulator();
+    let itsmc = itsmc_basic(&sn, &[("ITSMC_ALERT_BUDGET_MS", "300")]).await;
+    sn.set_latency(Duration::from_millis(700));
+    let started = std::time::Instant::now();
+    let (status, answer) = itsmc.alert("", &fired("slow1", "2026-11-25T12:00:00Z")).await;
+    assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(650), "answered within the budget: {:?}", started.elapsed());
+    assert!(eventually(10, || sn.count("incident") == 1).await, "the background task created it");
+    assert!(eventually(5, || itsmc.intake.recent().first().is_some_and(|r| r.work_items.len() == 1)).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sn.count("incident"), 1, "and only once");
+}
