@@ -135,7 +135,7 @@ fn reads(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let next = AtomicU64::new(0);
-    // A table of realistic size, so a get walks a real B-tree.
+    // A table of realistic size, so a get is measured against a realistic index.
     concurrent(&rt, &store, &next, 64, 1000, |store, n| async move {
         store.insert(Table::Links, &format!("{n:016x}"), &link(n)).await.unwrap();
     });

@@ -524,10 +524,11 @@ fn every_complete_fixture_parses_as_expected() {
             "{f} summary: {:?}",
             a.condition_summary
         );
-        assert_eq!(a.search_rows.len(), e.rows, "{f} rows");
+        assert_eq!(a.search_rows().len(), e.rows, "{f} rows");
         assert_eq!(a.links.len(), e.links, "{f} links: {:?}", a.links);
         assert!(a.links.iter().all(|(label, url)| !label.is_empty() && url.starts_with("http")), "{f} links");
-        assert_eq!(a.body_hash, sha256_hex(&body), "{f} body hash");
+        // Only a payload without an id is identified by its body.
+        assert_eq!(a.body_hash, a.id.is_none().then(|| sha256_hex(&body)), "{f} body hash");
         // The context travels untouched: the alertContext, legacy data.context, or the whole log V1 body.
         let raw: Value = serde_json::from_slice(&body).expect("fixture is JSON");
         let expected_context = match e.schema {
@@ -681,11 +682,11 @@ fn fixture_details() {
     assert_eq!(a.condition_summary[1], "Forecasted total for the period: $1111.11");
 
     let a = ok(&fixture_bytes("legacy-log-alert-v1-metric-measurement.json"));
-    assert_eq!(a.search_rows[0], json!({ "TimeGenerated": "2021-11-16T10:56:49Z", "AggregatedValue": 11 }));
+    assert_eq!(a.search_rows()[0], json!({ "TimeGenerated": "2021-11-16T10:56:49Z", "AggregatedValue": 11 }));
 
     let a = ok(&fixture_bytes("cas-test-log-v1-number-of-results-fired.json"));
     assert_eq!(
-        a.search_rows,
+        a.search_rows(),
         [json!({
             "TenantId": "dddd3333-ee44-5555-66ff-777777aaaaaa",
             "Computer": "test-computer",
@@ -695,8 +696,8 @@ fn fixture_details() {
     assert_eq!(a.links[0].0, "Search results");
 
     let (a, _) = wrapped("cas-alertcontext-log-simple-log-alert.json", "Simple Log Alert", "Log");
-    assert_eq!(a.search_rows.len(), 1);
-    assert_eq!(a.search_rows[0]["type"], "System.NullReferenceException");
+    assert_eq!(a.search_rows().len(), 1);
+    assert_eq!(a.search_rows()[0]["type"], "System.NullReferenceException");
     assert!(a.custom_properties.is_empty(), "an empty properties object adds nothing");
 
     let (a, _) = wrapped("cas-alertcontext-activitylog-policy.json", "Activity Log - Policy", "Activity Log");
@@ -908,13 +909,13 @@ fn trap_included_search_results_bool_or_string() {
             c[k] = v.clone();
         }
         let a = ok_json(&envelope(essentials("Log Analytics", "Log"), c));
-        assert_eq!(a.search_rows.len(), 2, "{flags}");
+        assert_eq!(a.search_rows().len(), 2, "{flags}");
     }
     // Azure dropped the results to stay under 256 KB: say so, and point at the link.
     ctx.as_object_mut().expect("object").remove("SearchResults");
     ctx["IncludedSearchResults"] = json!("False");
     let a = ok_json(&envelope(essentials("Log Analytics", "Log"), ctx));
-    assert!(a.search_rows.is_empty());
+    assert!(a.search_rows().is_empty());
     assert!(a.condition_summary.iter().any(|l| l.contains("not included")), "{:?}", a.condition_summary);
     assert!(!a.links.is_empty());
 }
@@ -922,17 +923,17 @@ fn trap_included_search_results_bool_or_string() {
 #[test]
 fn trap_search_result_singular_or_plural() {
     let mut body = fixture_json("legacy-log-alert-loganalytics-webhook.json");
-    let rows = ok_json(&body).search_rows;
+    let rows = ok_json(&body).search_rows();
     assert_eq!(rows.len(), 2);
     let results = body.as_object_mut().expect("object").remove("SearchResult").expect("singular in the fixture");
     body["SearchResults"] = results;
-    assert_eq!(ok_json(&body).search_rows, rows);
+    assert_eq!(ok_json(&body).search_rows(), rows);
     // The custom JSON fixture uses the plural; the singular reads the same.
     let mut custom = fixture_json("legacy-log-alert-custom-json-searchresults.json");
-    let plural = ok_json(&custom).search_rows;
+    let plural = ok_json(&custom).search_rows();
     let results = custom.as_object_mut().expect("object").remove("SearchResults").expect("plural");
     custom["SearchResult"] = results;
-    assert_eq!(ok_json(&custom).search_rows, plural);
+    assert_eq!(ok_json(&custom).search_rows(), plural);
     assert_eq!(
         plural[1],
         json!({ "$table": "Contoso", "Id": "33445566b", "TimeGenerated": "2018-02-02T15:16:53.932Z" })
@@ -1278,8 +1279,8 @@ fn oms_era_log_alert() {
     assert_eq!(a.severity, Severity::Sev0);
     assert_eq!(a.fired_at, Some(time("2017-03-22T13:51:31Z")));
     assert_eq!(a.description, "CPU over 90%");
-    assert_eq!(a.search_rows.len(), 2);
-    assert_eq!(a.search_rows[1]["Computer"], "web02");
+    assert_eq!(a.search_rows().len(), 2);
+    assert_eq!(a.search_rows()[1]["Computer"], "web02");
     assert_eq!(
         a.condition_summary,
         ["Perf | where CounterName == \"% Processor Time\" and CounterValue > 90 | Greater Than 0: 2"]
@@ -1294,7 +1295,7 @@ fn log_v1_under_data_without_schema_id() {
     let a = ok_json(&json!({ "data": inner }));
     assert_eq!(a.schema, Schema::LogSearchLogAnalytics);
     assert_eq!(a.rule, "test-logAlertRule-v1-numResults");
-    assert_eq!(a.search_rows.len(), 1);
+    assert_eq!(a.search_rows().len(), 1);
     let e = err_json(&json!({ "schemaId": "Microsoft.Insights/LogAlert", "data": { "AlertRuleName": 7 } }));
     assert_eq!(e.code, "invalid_field");
     assert!(e.message.contains("data.AlertRuleName"), "{}", e.message);
@@ -1312,14 +1313,14 @@ fn search_rows_that_do_not_match_their_columns() {
             "rows": [[1, 2, 3], [1], [1, 2, 3, 4], "scalar", { "already": "object" }]
         }]}
     });
-    let rows = ok_json(&body).search_rows;
+    let rows = ok_json(&body).search_rows();
     assert_eq!(rows[0], json!({ "a": 2, "column2": 3 }), "a repeated column name keeps the last cell");
     assert_eq!(rows[1], json!({ "a": 1 }));
     assert_eq!(rows[2], json!({ "a": 2, "column2": 3, "column3": 4 }));
     assert_eq!(rows[3], json!("scalar"));
     assert_eq!(rows[4], json!({ "already": "object" }));
     for empty in [json!({ "tables": [] }), json!({ "tables": "x" }), json!(null), json!([1]), json!("[{]")] {
-        assert!(ok_json(&json!({ "alertname": "x", "SearchResults": empty })).search_rows.is_empty());
+        assert!(ok_json(&json!({ "alertname": "x", "SearchResults": empty })).search_rows().is_empty());
     }
 }
 
@@ -1329,7 +1330,13 @@ fn body_with_byte_order_mark() {
     body.extend(fixture_bytes("cas-test-metric-static-fired.json"));
     let a = ok(&body);
     assert_eq!(a.rule, "test-metricAlertRule");
-    assert_eq!(a.body_hash, sha256_hex(&body));
+    assert_eq!(a.body_hash, None, "the alert id identifies it");
+    // A payload without an id is identified by its body, byte order mark included.
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend(fixture_bytes("legacy-metric-alert-static-activated.json"));
+    let a = ok(&body);
+    assert_eq!(a.id, None);
+    assert_eq!(a.body_hash, Some(sha256_hex(&body)));
 }
 
 // ---------------------------------------------------------------------------------------------------------

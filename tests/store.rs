@@ -413,7 +413,11 @@ fn child_process() {
     let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR).unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     match mode.as_str() {
-        "crash" => runtime.block_on(write_until_killed(&dir)),
+        "crash" => runtime.block_on(write_until_killed(EmbeddedStore::open(&dir).unwrap())),
+        // Compacting all the time, so that the kill often lands in or just after a compaction.
+        "crash-compacting" => {
+            runtime.block_on(write_until_killed(EmbeddedStore::open_with_compaction_threshold(&dir, 4096).unwrap()))
+        }
         "hold" => {
             let _store = EmbeddedStore::open(&dir).unwrap();
             // libtest may have started the line ("test child_process ... "), so the parent looks for
@@ -428,8 +432,8 @@ fn child_process() {
 
 /// Insert and bump keys from several tasks, printing each acknowledged write, and abort at a random
 /// moment (likely mid-commit, since commits are most of the time spent).
-async fn write_until_killed(dir: &Path) {
-    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+async fn write_until_killed(store: EmbeddedStore) {
+    let store = Arc::new(store);
     let run: u32 = rand::random();
     tokio::spawn(async {
         tokio::time::sleep(Duration::from_millis(rand::random_range(5..120))).await;
@@ -456,10 +460,20 @@ async fn write_until_killed(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_process_loses_no_acknowledged_write() {
+    kill_writers_and_check("crash").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_loses_no_acknowledged_write_while_compacting() {
+    kill_writers_and_check("crash-compacting").await;
+}
+
+/// Kill a child writing in `mode` four times, checking after each that every acknowledged write is there.
+async fn kill_writers_and_check(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut total_acked = 0;
     for round in 0..4 {
-        let output = child("crash", dir.path()).output().unwrap();
+        let output = child(mode, dir.path()).output().unwrap();
         assert!(!output.status.success(), "the child was meant to abort: {:?}", output.status);
         let mut acked = BTreeMap::new();
         for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -507,7 +521,7 @@ async fn another_process_holding_the_file_is_refused() {
     match EmbeddedStore::open(dir.path()) {
         Err(StoreError::Unavailable(message)) => {
             assert!(message.contains("ITSMC_DATA_DIR"), "{message}");
-            assert!(message.contains("itsmc.redb"), "{message}");
+            assert!(message.contains("itsmc.log"), "{message}");
         }
         Err(other) => panic!("expected Unavailable, got {other:?}"),
         Ok(_) => panic!("opened a database another process holds"),
@@ -535,7 +549,7 @@ async fn describe_names_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("state")).unwrap();
     assert_eq!(store.describe(), format!("embedded ({})", dir.path().join("state").display()));
-    assert!(dir.path().join("state").join("itsmc.redb").is_file());
+    assert!(dir.path().join("state").join("itsmc.log").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,30 +571,24 @@ async fn dropping_the_store_completes_queued_writes() {
     assert_eq!(scan_all(&store, Table::Deliveries, None, 1000).await.len(), 500);
 }
 
-/// Stored bytes that are not JSON: written behind the store's back with redb itself.
+/// Stored bytes that are not JSON: a well-formed record appended behind the store's back.
 #[tokio::test]
 async fn unreadable_values_are_corrupt() {
-    use redb::{Database, TableDefinition};
     let dir = tempfile::tempdir().unwrap();
     let etag = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         inserted(store.insert(Table::Links, "good", &json!({"ok": true})).await.unwrap());
         inserted(store.insert(Table::Links, "bad", &json!({})).await.unwrap())
     };
-    {
-        let db = Database::open(dir.path().join("itsmc.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut links = txn.open_table(TableDefinition::<&str, &[u8]>::new("links")).unwrap();
-            // Keep the record header (format 1, the etag) and break only the JSON.
-            let mut record = vec![1u8];
-            record.extend_from_slice(&u64::from_str_radix(&etag, 16).unwrap().to_be_bytes());
-            record.extend_from_slice(b"{\"truncated\": ");
-            links.insert("bad", record.as_slice()).unwrap();
-            links.insert("unknown-format", b"\x07garbage".as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    // Keep the etag and break only the JSON; the second value is not even text.
+    let number = u64::from_str_radix(&etag, 16).unwrap();
+    append_log_record(
+        dir.path(),
+        &[
+            (Table::Links, number, "bad", b"{\"truncated\": "),
+            (Table::Links, number + 1, "unknown-format", b"\x07\xff"),
+        ],
+    );
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert!(matches!(store.get(Table::Links, "bad").await, Err(StoreError::Corrupt(m)) if m.contains("bad")));
     assert!(matches!(store.get(Table::Links, "unknown-format").await, Err(StoreError::Corrupt(_))));
@@ -658,7 +666,7 @@ async fn full_disk_fails_writes_and_recovers() {
     let (failed_key, message) = failure.expect("the disk never filled up");
     eprintln!("the full disk was reported as: {message}");
     assert!(message.contains("No space left on device"), "{message}");
-    assert!(message.contains(&dir.join("itsmc.redb").display().to_string()), "{message}");
+    assert!(message.contains(&dir.join("itsmc.log").display().to_string()), "{message}");
     // Nothing of the failed writes is visible, the rest is intact.
     for key in &failed {
         assert_eq!(store.get(Table::Links, key).await.unwrap(), None, "{key}");
@@ -684,10 +692,252 @@ async fn full_disk_fails_writes_and_recovers() {
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("itsmc.redb"), "name,value\nnot,redb\n".repeat(500)).unwrap();
+    std::fs::write(dir.path().join("itsmc.log"), "name,value\nnot,redb\n".repeat(500)).unwrap();
     match EmbeddedStore::open(dir.path()) {
-        Err(StoreError::Corrupt(message)) => assert!(message.contains("itsmc.redb"), "{message}"),
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("itsmc.log"), "{message}"),
         Err(other) => panic!("expected Corrupt, got {other:?}"),
         Ok(_) => panic!("opened a file that is not a database"),
     }
+}
+
+// ---- the log file: compaction and damage ----
+
+/// The log's checksum as `src/store/embedded/log.rs` defines it, written out again so that a change of
+/// the on-disk format cannot pass unnoticed.
+fn log_checksum(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let step = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(23);
+    let mut h = (bytes.len() as u64).wrapping_mul(K) ^ 0x6974_736d_632d_6c67;
+    for word in bytes.chunks(8) {
+        let mut padded = [0u8; 8];
+        padded[..word.len()].copy_from_slice(word);
+        h = step(h, u64::from_le_bytes(padded));
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Where the records of the log in `dir` end: the store writes zeros ahead of its last record, so this
+/// is where the file's length stops being the answer.
+fn log_end(dir: &Path) -> u64 {
+    let log = std::fs::read(dir.join("itsmc.log")).unwrap();
+    let mut end = 32;
+    while end + 12 <= log.len() {
+        let len = u32::from_le_bytes(log[end..end + 4].try_into().unwrap()) as usize;
+        if len == 0 || end + 12 + len > log.len() {
+            break;
+        }
+        end += 12 + len;
+    }
+    end as u64
+}
+
+/// Add one record of puts to the log in `dir`, where and as the store would write it.
+fn append_log_record(dir: &Path, puts: &[(Table, u64, &str, &[u8])]) {
+    let mut payload = Vec::new();
+    for &(table, etag, key, value) in puts {
+        let table_id: u8 = match table {
+            Table::Links => 0,
+            Table::Deliveries => 1,
+        };
+        payload.extend_from_slice(&[1, table_id]);
+        payload.extend_from_slice(&etag.to_le_bytes());
+        payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        payload.extend_from_slice(key.as_bytes());
+        payload.extend_from_slice(value);
+    }
+    let end = log_end(dir);
+    let mut log = std::fs::OpenOptions::new().write(true).open(dir.join("itsmc.log")).unwrap();
+    std::io::Seek::seek(&mut log, std::io::SeekFrom::Start(end)).unwrap();
+    log.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
+    log.write_all(&log_checksum(&payload).to_le_bytes()).unwrap();
+    log.write_all(&payload).unwrap();
+}
+
+/// A log compacted many times over, by a store with a tiny threshold, while writers keep writing: every
+/// acknowledged write is there after a reopen, and no etag comes back, not even a deleted entry's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_every_entry_and_the_etag_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut issued = HashSet::new();
+    let mut expected = std::collections::HashMap::new();
+    let written = {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_compaction_threshold(dir.path(), 4096).unwrap());
+        // The highest etag issued so far belongs to an entry that is gone before any compaction.
+        let gone = inserted(store.insert(Table::Links, "gone", &json!({})).await.unwrap());
+        assert!(store.delete(Table::Links, "gone", &gone).await.unwrap());
+        issued.insert(gone);
+        let mut tasks = JoinSet::new();
+        for task in 0..16 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let table = if task % 2 == 0 { Table::Links } else { Table::Deliveries };
+                let key = format!("key-{task:02}");
+                let mut etags = Vec::new();
+                let mut etag = inserted(store.insert(table, &key, &json!({"n": 0})).await.unwrap());
+                etags.push(etag.clone());
+                let mut value = json!({});
+                for n in 1..=60 {
+                    value = json!({"n": n, "padding": "x".repeat(100 + task * 10)});
+                    etag = replaced(store.replace(table, &key, &value, &etag).await.unwrap());
+                    etags.push(etag.clone());
+                    // Reads during compactions see the last acknowledged write.
+                    assert_eq!(store.get(table, &key).await.unwrap(), Some(entry(&key, &etag, value.clone())));
+                }
+                // Deleted and written again: only the last version may survive.
+                let temporary = format!("temporary-{task:02}");
+                let t = inserted(store.insert(table, &temporary, &json!({"t": task})).await.unwrap());
+                assert!(store.delete(table, &temporary, &t).await.unwrap());
+                etags.push(t);
+                ((table, key), etag, value, etags)
+            });
+        }
+        for (slot, etag, value, etags) in tasks.join_all().await {
+            issued.extend(etags);
+            expected.insert(slot, (etag, value));
+        }
+        // Without compaction the log would hold all 16 x 61 writes, some 130 KB.
+        let written = log_end(dir.path());
+        assert!(written < 40 * 1024, "the log was not compacted: {written} bytes");
+        written
+    };
+    eprintln!("the log holds {written} bytes after the writes");
+    assert!(!dir.path().join("itsmc.log.tmp").exists());
+
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    for ((table, key), (etag, value)) in &expected {
+        assert_eq!(store.get(*table, key).await.unwrap(), Some(entry(key, etag, value.clone())), "{key}");
+    }
+    assert_eq!(store.get(Table::Links, "gone").await.unwrap(), None);
+    for table in Table::ALL {
+        let keys_left = scan_all(&store, table, None, 100).await.len();
+        assert_eq!(keys_left, 8, "{table:?}: deleted entries came back");
+    }
+    let highest = issued.iter().map(|etag| u64::from_str_radix(etag, 16).unwrap()).max().unwrap();
+    for key in ["gone", "new"] {
+        let etag = inserted(store.insert(Table::Links, key, &json!({})).await.unwrap());
+        assert!(u64::from_str_radix(&etag, 16).unwrap() > highest, "{key}: etag {etag} was issued before");
+    }
+}
+
+/// A crash in the middle of an append leaves an incomplete record at the end: it was never
+/// acknowledged, so it is cut off, and the store carries on after the last complete one.
+#[tokio::test]
+async fn a_torn_tail_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("itsmc.log");
+    let mut etags = Vec::new();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for key in ["a", "b", "c"] {
+            etags.push(inserted(store.insert(Table::Links, key, &json!({"key": key})).await.unwrap()));
+        }
+    }
+    let whole = log_end(dir.path());
+    // The zeros the store writes ahead of its records are free space, not damage.
+    assert!(std::fs::metadata(&path).unwrap().len() > whole);
+
+    // After the last record, junk where zeros should be (the file grew, but the data never landed),
+    // then a record header promising more than there is.
+    let mut log = std::fs::read(&path).unwrap();
+    log.truncate(whole as usize);
+    log.extend_from_slice(&[0u8; 700]);
+    log.extend_from_slice(b"JUNK\x40\0\0\0\x01\x02\x03\x04\x05\x06\x07\x08\x01\x00\x09");
+    std::fs::write(&path, &log).unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("a torn tail is not corruption");
+        assert_eq!(link_keys(&store).await, ["a", "b", "c"]);
+        assert_eq!(store.get(Table::Links, "c").await.unwrap(), Some(entry("c", &etags[2], json!({"key": "c"}))));
+        let log = std::fs::read(&path).unwrap();
+        assert!(!log.windows(4).any(|w| w == b"JUNK"), "the junk was not cut off");
+        inserted(store.insert(Table::Links, "d", &json!({"key": "d"})).await.unwrap());
+    }
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(link_keys(&store).await, ["a", "b", "c", "d"]);
+    }
+
+    // The last record cut short, with the zeros ahead of it or without: it is lost (a crash before its
+    // fsync), everything before it is not.
+    for keep_zeros in [true, false] {
+        let with_d = log_end(dir.path());
+        let mut log = std::fs::read(&path).unwrap();
+        if keep_zeros {
+            log[with_d as usize - 3..with_d as usize].fill(0);
+        } else {
+            log.truncate(with_d as usize - 3);
+        }
+        std::fs::write(&path, &log).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(link_keys(&store).await, ["a", "b", "c"]);
+        assert_eq!(log_end(dir.path()), whole);
+        let again = inserted(store.insert(Table::Links, "d", &json!({"again": keep_zeros})).await.unwrap());
+        assert!(!etags.contains(&again));
+    }
+    // Only the record header left of it.
+    let mut log = std::fs::read(&path).unwrap();
+    log.truncate(whole as usize + 5);
+    std::fs::write(&path, &log).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(link_keys(&store).await, ["a", "b", "c"]);
+}
+
+/// Every key of the links table, in order.
+async fn link_keys(store: &EmbeddedStore) -> Vec<String> {
+    scan_all(store, Table::Links, None, 100).await.into_iter().map(|e| e.key).collect()
+}
+
+/// A damaged record followed by intact ones is not what a crash leaves: opening refuses, naming where,
+/// rather than dropping the records after it.
+#[tokio::test]
+async fn damage_before_the_last_record_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for key in ["a", "b", "c"] {
+            inserted(store.insert(Table::Links, key, &json!({"key": key})).await.unwrap());
+        }
+    }
+    let path = dir.path().join("itsmc.log");
+    let whole = std::fs::read(&path).unwrap();
+    // The first record starts after the 32-byte file header: its length, checksum, then its first op.
+    for (at, what) in [(32 + 12 + 20, "a byte of the key"), (32 + 4, "the checksum"), (32 + 1, "the length")] {
+        let mut damaged = whole.clone();
+        damaged[at] ^= 0x10;
+        std::fs::write(&path, &damaged).unwrap();
+        match EmbeddedStore::open(dir.path()) {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("itsmc.log") && message.contains("byte 32"), "{what}: {message}")
+            }
+            Err(other) => panic!("{what}: expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("{what}: opened a damaged log"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), damaged, "{what}: the damaged log was changed");
+    }
+    // The header too.
+    let mut damaged = whole.clone();
+    damaged[20] ^= 1;
+    std::fs::write(&path, &damaged).unwrap();
+    assert!(matches!(EmbeddedStore::open(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("header")));
+    std::fs::write(&path, &whole).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(link_keys(&store).await, ["a", "b", "c"]);
+}
+
+/// A batch in which no condition holds changes nothing, so it writes nothing.
+#[tokio::test]
+async fn failed_conditions_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let etag = inserted(store.insert(Table::Links, "k", &json!({"v": 1})).await.unwrap());
+    let log = std::fs::read(dir.path().join("itsmc.log")).unwrap();
+    assert!(matches!(store.insert(Table::Links, "k", &json!({})).await.unwrap(), Insert::Conflict(_)));
+    assert!(matches!(store.replace(Table::Links, "k", &json!({}), "0").await.unwrap(), Swap::Stale(Some(_))));
+    assert!(matches!(store.replace(Table::Links, "absent", &json!({}), &etag).await.unwrap(), Swap::Stale(None)));
+    assert!(!store.delete(Table::Links, "k", "0").await.unwrap());
+    assert!(std::fs::read(dir.path().join("itsmc.log")).unwrap() == log, "the log changed");
 }

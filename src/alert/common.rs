@@ -15,6 +15,7 @@ use super::fields::{
     Scalar, echo, optional_str, optional_text, parse_condition, parse_severity, parse_time, raw_kind, raw_object,
     raw_str_list, render, required_str, scalar, shown, string_map,
 };
+use super::model::RowSource;
 use super::{Alert, Condition, ParseError, Schema, Severity, summary};
 
 #[derive(Deserialize)]
@@ -52,7 +53,7 @@ struct Essentials<'a> {
 
 const ESSENTIALS: &str = "data.essentials";
 
-pub(super) fn parse(data: Option<Data<'_>>, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn parse(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
     let data = data.ok_or_else(|| ParseError::missing(ESSENTIALS))?;
     let raw = data.essentials.ok_or_else(|| ParseError::missing(ESSENTIALS))?;
     if !raw.get().starts_with('{') {
@@ -111,9 +112,9 @@ pub(super) fn parse(data: Option<Data<'_>>, body_hash: String) -> Result<Alert, 
         custom_properties,
         condition_summary: findings.take_lines(),
         links: findings.links,
-        search_rows: findings.rows,
         context,
-        body_hash,
+        body_hash: None,
+        rows: RowSource::AlertContext,
     })
 }
 

@@ -183,10 +183,15 @@ pub(super) fn parse(body: &[u8]) -> Result<Alert, ParseError> {
             (head, data.map_or(DataPart::Absent, DataPart::Raw))
         }
     };
-    dispatch(text, head, data, sha256_hex(body))
+    let mut alert = dispatch(text, head, data)?;
+    // Only a payload without an id is identified by its body; hashing one of 10 KB takes ~6 µs.
+    if alert.id.is_none() {
+        alert.body_hash = Some(sha256_hex(body));
+    }
+    Ok(alert)
 }
 
-fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>, hash: String) -> Result<Alert, ParseError> {
+fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>) -> Result<Alert, ParseError> {
     let schema_id = match head.schema_id.map(scalar) {
         None => None,
         Some(Scalar::Str(s)) => Some(s),
@@ -198,17 +203,17 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>, hash: String) -> Res
     if let Some(id) = schema_id.as_deref() {
         let id = id.trim();
         return if id.eq_ignore_ascii_case("azureMonitorCommonAlertSchema") {
-            common::parse(data.resolve()?, hash)
+            common::parse(data.resolve()?)
         } else if id.eq_ignore_ascii_case("AzureMonitorMetricAlert") {
-            legacy::metric(data.resolve()?, hash)
+            legacy::metric(data.resolve()?)
         } else if id.eq_ignore_ascii_case("Microsoft.Insights/activityLogs") {
-            legacy::activity_log(data.resolve()?, hash)
+            legacy::activity_log(data.resolve()?)
         } else if id.eq_ignore_ascii_case("Microsoft.Insights/LogAlert") {
-            logsearch::parse(json, Schema::LogSearchAppInsights, true, hash)
+            logsearch::parse(json, Schema::LogSearchAppInsights, true)
         } else {
             // A schema id we do not know, around a common schema envelope: read it rather than lose it.
             match data.resolve() {
-                Ok(Some(d)) if d.essentials.is_some() => common::parse(Some(d), hash),
+                Ok(Some(d)) if d.essentials.is_some() => common::parse(Some(d)),
                 _ => Err(ParseError::not_an_alert(format_args!("unknown schemaId {}", echo(id)))),
             }
         };
@@ -218,10 +223,10 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>, hash: String) -> Res
     let data = data.resolve().ok().flatten();
     if let Some(d) = data {
         if d.essentials.is_some() {
-            return common::parse(Some(d), hash);
+            return common::parse(Some(d));
         }
         if d.alert_rule_name.is_some() {
-            return logsearch::parse(json, Schema::LogSearchLogAnalytics, true, hash);
+            return logsearch::parse(json, Schema::LogSearchLogAnalytics, true);
         }
     }
     if head.alert_rule_name.is_some() {
@@ -232,17 +237,17 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>, hash: String) -> Res
         } else {
             Schema::LogSearchCustom
         };
-        return logsearch::parse(json, schema, false, hash);
+        return logsearch::parse(json, schema, false);
     }
     if head.alertname.is_some()
         || head.search_results.is_some()
         || head.search_result.is_some()
         || head.include_search_results.is_some()
     {
-        return logsearch::parse(json, Schema::LogSearchCustom, false, hash);
+        return logsearch::parse(json, Schema::LogSearchCustom, false);
     }
     if head.status.is_some() && head.context.is_some() {
-        return legacy::classic_metric(&head, hash);
+        return legacy::classic_metric(&head);
     }
     Err(ParseError::not_an_alert(
         "an object with none of schemaId, data.essentials, AlertRuleName, alertname or status and context",

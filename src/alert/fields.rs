@@ -381,6 +381,12 @@ pub(super) fn one_line(s: &str, max: usize) -> String {
             out.push(' ');
             count += 1;
         }
+        // A word that fits (it has no more characters than bytes) goes in whole.
+        if count + word.len() <= max {
+            out.push_str(word);
+            count += word.chars().count();
+            continue;
+        }
         for c in word.chars() {
             if count >= max {
                 out.push_str("...");
@@ -400,4 +406,41 @@ pub(super) fn resource_name(id: &str) -> Option<&str> {
 
 pub(super) fn sha256_hex(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// `one_line` as it was first written, character by character.
+    fn one_line_by_char(s: &str, max: usize) -> String {
+        let mut out = String::new();
+        let mut count = 0;
+        for word in s.split_whitespace() {
+            if count > 0 {
+                out.push(' ');
+                count += 1;
+            }
+            for c in word.chars() {
+                if count >= max {
+                    out.push_str("...");
+                    return out;
+                }
+                out.push(c);
+                count += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_line_cuts_where_it_did_character_by_character() {
+        let texts =
+            ["", "a", "abcde", "abcde f", "abcdef", "ab  cd\n\tef  ", " é é é ", "ééééé x", "日本語 テキスト 😀😀 x"];
+        for text in texts {
+            for max in 0..12 {
+                assert_eq!(one_line(text, max), one_line_by_char(text, max), "{text:?} at {max}");
+            }
+        }
+    }
 }

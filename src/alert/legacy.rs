@@ -16,6 +16,7 @@ use super::fields::{
     Scalar, echo, field, get, parse_condition, parse_time, raw_kind, raw_object, render, required_field, resource_name,
     scalar, severity_of, value_kind,
 };
+use super::model::RowSource;
 use super::summary::{self, Findings};
 use super::{Alert, Condition, ParseError, Schema, Severity};
 
@@ -25,18 +26,18 @@ use super::{Alert, Condition, ParseError, Schema, Severity};
 const DEFAULT_SEVERITY: Severity = Severity::Sev3;
 
 /// `schemaId: AzureMonitorMetricAlert`.
-pub(super) fn metric(data: Option<Data<'_>>, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn metric(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
     let data = data.ok_or_else(|| ParseError::missing("data.context"))?;
     let condition = status(data.status, "data.status")?;
     let context = data.context.ok_or_else(|| ParseError::missing("data.context"))?;
-    metric_alert(context, "data.context", condition, data.properties, body_hash)
+    metric_alert(context, "data.context", condition, data.properties)
 }
 
 /// The classic metric alert: `{"status": "Activated", "context": {...}, "properties": {...}}`.
-pub(super) fn classic_metric(head: &Head<'_>, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn classic_metric(head: &Head<'_>) -> Result<Alert, ParseError> {
     let condition = status(head.status, "status")?;
     let context = to_value(head.context, "context")?.ok_or_else(|| ParseError::missing("context"))?;
-    metric_alert(context, "context", condition, head.properties, body_hash)
+    metric_alert(context, "context", condition, head.properties)
 }
 
 fn metric_alert(
@@ -44,7 +45,6 @@ fn metric_alert(
     path: &str,
     condition: Condition,
     properties: Option<&RawValue>,
-    body_hash: String,
 ) -> Result<Alert, ParseError> {
     if !context.is_object() {
         return Err(ParseError::invalid(path, format_args!("expected an object, got {}", value_kind(&context))));
@@ -92,14 +92,14 @@ fn metric_alert(
         custom_properties: properties_map(properties),
         condition_summary: f.take_lines(),
         links: f.links,
-        search_rows: Vec::new(),
         context,
-        body_hash,
+        body_hash: None,
+        rows: RowSource::None,
     })
 }
 
 /// `schemaId: Microsoft.Insights/activityLogs`.
-pub(super) fn activity_log(data: Option<Data<'_>>, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn activity_log(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
     const EVENT: &str = "data.context.activityLog";
     let data = data.ok_or_else(|| ParseError::missing(EVENT))?;
     // Activity log alerts are stateless and Azure only ever sends `Activated`; an absent status means the same.
@@ -155,9 +155,9 @@ pub(super) fn activity_log(data: Option<Data<'_>>, body_hash: String) -> Result<
         custom_properties: properties_map(data.properties),
         condition_summary: f.take_lines(),
         links: f.links,
-        search_rows: Vec::new(),
         context,
-        body_hash,
+        body_hash: None,
+        rows: RowSource::None,
     })
 }
 

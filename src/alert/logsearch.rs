@@ -7,10 +7,11 @@
 use serde_json::Value;
 
 use super::fields::{echo, field, field_any, get, get_any, required_field, severity_of, time_field, value_kind};
+use super::model::RowSource;
 use super::summary::{self, Findings};
 use super::{Alert, Condition, ParseError, Schema, Severity};
 
-pub(super) fn parse(json: &str, schema: Schema, in_data: bool, body_hash: String) -> Result<Alert, ParseError> {
+pub(super) fn parse(json: &str, schema: Schema, in_data: bool) -> Result<Alert, ParseError> {
     // Valid JSON already; what can fail is serde_json's recursion limit or a number out of range.
     let body: Value = serde_json::from_str(json).map_err(|e| ParseError::invalid("body", e))?;
     let (root, prefix) = if in_data {
@@ -78,9 +79,9 @@ pub(super) fn parse(json: &str, schema: Schema, in_data: bool, body_hash: String
         custom_properties: Default::default(),
         condition_summary: f.take_lines(),
         links: f.links,
-        search_rows: f.rows,
         context: Value::Null,
-        body_hash,
+        body_hash: None,
+        rows: RowSource::LogV1 { in_data },
     };
     Ok(Alert { context: body, ..alert })
 }

@@ -22,7 +22,6 @@ const LINE_MAX: usize = 1000;
 pub(super) struct Findings {
     pub lines: Vec<String>,
     pub links: Vec<(String, String)>,
-    pub rows: Vec<Value>,
     /// `AffectedConfigurationItems` of log search V1, used when `configurationItems` is empty.
     pub configuration_items: Vec<String>,
     /// A budget alert carries no rule name (`alertRule: null`); the budget name stands in for it.
@@ -40,7 +39,8 @@ impl Findings {
     /// The condition lines, each cut to `LINE_MAX` characters.
     pub fn take_lines(&mut self) -> Vec<String> {
         let mut lines = std::mem::take(&mut self.lines);
-        for line in &mut lines {
+        // A line of at most `LINE_MAX` bytes has at most that many characters.
+        for line in lines.iter_mut().filter(|l| l.len() > LINE_MAX) {
             if let Some((cut, _)) = line.char_indices().nth(LINE_MAX) {
                 line.truncate(cut);
                 line.push_str("...");
@@ -78,7 +78,8 @@ impl Findings {
     }
 }
 
-/// Interprets a common schema `alertContext`.
+/// Interprets a common schema `alertContext`. Its search rows are left where they are: see
+/// [`alert_context_rows`], which must follow the same shapes.
 pub(super) fn alert_context(ctx: &Value, monitoring_service: &str) -> Findings {
     let mut f = Findings::default();
     if !ctx.is_object() {
@@ -99,6 +100,26 @@ pub(super) fn alert_context(ctx: &Value, monitoring_service: &str) -> Findings {
         activity_log(ctx, monitoring_service, &mut f);
     }
     f
+}
+
+/// The search rows of a common schema `alertContext`, found as `alert_context` reads it: a simple log
+/// alert's `event` rows (under `condition`), or log search V1's results.
+pub(super) fn alert_context_rows(ctx: &Value) -> Vec<Value> {
+    if !ctx.is_object() {
+        return Vec::new();
+    }
+    if let Some(condition) = get(ctx, "condition").filter(|c| c.is_object()) {
+        let Some(Value::Array(all_of)) = get(condition, "allOf") else { return Vec::new() };
+        let events = all_of.iter().filter(|item| item.is_object()).filter_map(|item| match get(item, "event") {
+            Some(Value::Array(events)) => Some(events),
+            _ => None,
+        });
+        return events.flatten().filter_map(name_value_row).collect();
+    }
+    if get_any(ctx, &["SearchQuery", "SearchResults", "SearchResult", "AlertType"]).is_some() {
+        return log_v1_rows(ctx);
+    }
+    Vec::new()
 }
 
 /// `condition.allOf` of metric alerts (static, dynamic, web test) and of log search alerts V2 and simple
@@ -123,9 +144,6 @@ pub(super) fn criteria(condition: &Value, f: &mut Findings) {
         f.link("Filtered search results", get(item, "linkToFilteredSearchResultsUI"));
         f.link("Search results (API)", get(item, "linkToSearchResultsAPI"));
         f.link("Filtered search results (API)", get(item, "linkToFilteredSearchResultsAPI"));
-        if let Some(Value::Array(events)) = get(item, "event") {
-            f.rows.extend(events.iter().filter_map(name_value_row));
-        }
     }
 }
 
@@ -191,7 +209,8 @@ fn log_criterion_line(query: &str, item: &Value) -> String {
 }
 
 /// Log search V1 (common schema context, the Log Analytics and Application Insights webhooks, the
-/// OMS-era and custom JSON forms): the query line, dimensions, links and result rows.
+/// OMS-era and custom JSON forms): the query line, dimensions and links. The result rows are only
+/// counted here; [`log_v1_rows`] builds them.
 pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
     let query = field(ctx, "SearchQuery");
     let alert_type = field(ctx, "AlertType");
@@ -215,17 +234,17 @@ pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
     f.link("Filtered search results", get(ctx, "LinkToFilteredSearchResultsUI"));
     f.link("Search results (API)", get(ctx, "LinkToSearchResultsAPI"));
     f.link("Filtered search results (API)", get(ctx, "LinkToFilteredSearchResultsAPI"));
+    let mut rows = 0;
     if let Some(results) = get_any(ctx, &["SearchResults", "SearchResult"]) {
-        f.rows = search_rows(results);
+        rows = search_row_count(results);
         // A custom JSON payload may carry nothing but the rule name and the results.
         if f.lines.is_empty() {
-            let rows = f.rows.len();
             f.lines.push(format!("Log search returned {rows} row{}", if rows == 1 { "" } else { "s" }));
         }
     }
     // `IncludedSearchResults` ("True"/"False", common schema) says whether Azure dropped the results to
     // stay under 256 KB; `IncludeSearchResults` (a bool, custom JSON) only says they were asked for.
-    if get(ctx, "IncludedSearchResults").and_then(flag) == Some(false) && f.rows.is_empty() {
+    if get(ctx, "IncludedSearchResults").and_then(flag) == Some(false) && rows == 0 {
         f.lines.push("Search results were not included in the payload; follow the search results link".into());
     }
     if let Some(items) = get(ctx, "AffectedConfigurationItems") {
@@ -233,27 +252,61 @@ pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
     }
 }
 
+/// The result rows of a log search V1 context or body, as `log_v1` finds them.
+pub(super) fn log_v1_rows(ctx: &Value) -> Vec<Value> {
+    get_any(ctx, &["SearchResults", "SearchResult"]).map(search_rows).unwrap_or_default()
+}
+
+/// The rows of search results as the payload holds them.
+enum ResultRows<'v> {
+    /// `tables[0]` and its `rows`: arrays of cells in the order of its `columns`.
+    Table(&'v Value, &'v [Value]),
+    /// The OMS-era `value` array; its objects are the rows.
+    Objects(&'v [Value]),
+    None,
+}
+
+/// Where the rows of (decoded) search results are: `tables[0].rows`, else `value`.
+fn result_rows(results: &Value) -> ResultRows<'_> {
+    if let Some(Value::Array(tables)) = get(results, "tables") {
+        return match tables.first().map(|table| (table, get(table, "rows"))) {
+            Some((table, Some(Value::Array(rows)))) => ResultRows::Table(table, rows),
+            _ => ResultRows::None,
+        };
+    }
+    match get(results, "value") {
+        Some(Value::Array(rows)) => ResultRows::Objects(rows),
+        _ => ResultRows::None,
+    }
+}
+
+/// How many rows `search_rows` would return, without building them.
+fn search_row_count(results: &Value) -> usize {
+    match result_rows(&embedded(results)) {
+        ResultRows::Table(_, rows) => rows.len(),
+        ResultRows::Objects(rows) => rows.iter().filter(|r| r.is_object()).count(),
+        ResultRows::None => 0,
+    }
+}
+
 /// Rows of `SearchResults.tables[0]` as objects column -> value; the OMS-era `value` array of objects is
 /// taken as it is.
-pub(super) fn search_rows(results: &Value) -> Vec<Value> {
-    let results = embedded(results);
-    if let Some(Value::Array(tables)) = get(&results, "tables") {
-        let Some(table) = tables.first() else { return Vec::new() };
-        let names: Vec<Cow<'_, str>> = match get(table, "columns") {
-            Some(Value::Array(columns)) => columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| get(c, "name").and_then(text).unwrap_or_else(|| Cow::Owned(format!("column{i}"))))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let Some(Value::Array(rows)) = get(table, "rows") else { return Vec::new() };
-        let shape = RowShape::new(&names);
-        return rows.iter().map(|row| shape.object(row, &names)).collect();
-    }
-    match get(&results, "value") {
-        Some(Value::Array(rows)) => rows.iter().filter(|r| r.is_object()).cloned().collect(),
-        _ => Vec::new(),
+fn search_rows(results: &Value) -> Vec<Value> {
+    match result_rows(&embedded(results)) {
+        ResultRows::Table(table, rows) => {
+            let names: Vec<Cow<'_, str>> = match get(table, "columns") {
+                Some(Value::Array(columns)) => columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| get(c, "name").and_then(text).unwrap_or_else(|| Cow::Owned(format!("column{i}"))))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let shape = RowShape::new(&names);
+            rows.iter().map(|row| shape.object(row, &names)).collect()
+        }
+        ResultRows::Objects(rows) => rows.iter().filter(|r| r.is_object()).cloned().collect(),
+        ResultRows::None => Vec::new(),
     }
 }
 

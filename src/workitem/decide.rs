@@ -88,6 +88,6 @@ pub fn delivery_id(connection: &str, kind: WorkItemType, alert: &Alert) -> Strin
             let fired = alert.fired_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             hex_hash(&[connection, kind.as_str(), id, condition, &fired])
         }
-        None => hex_hash(&[connection, kind.as_str(), "body", &alert.body_hash]),
+        None => hex_hash(&[connection, kind.as_str(), "body", alert.body_hash.as_deref().unwrap_or_default()]),
     }
 }
