@@ -15,9 +15,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use itsmc::workitem::{Content, Grouping, Scope, WorkItemType};
 use serde_json::{Value, json};
 
-/// The allocator the `itsmc` binary runs with, so that the numbers are the production ones.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/azure-monitor");
 

@@ -6,9 +6,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "itsmc", version, about = "Azure Monitor alerts to ITSM work items")]
 struct Cli {
