@@ -8,8 +8,8 @@
 //! path makes about four conditional writes per alert to randomly keyed, small entries, and the whole
 //! state (links of open work items, the delivery outbox) fits in memory. A B-tree file (redb, before)
 //! rewrites whole 4 KiB pages for each commit of randomly keyed entries and cost about 90 µs of CPU per
-//! alert; appending only the changed entries costs about 30 (at 5,000 alerts/s on a 2-core VM, with
-//! mimalloc), most of it in the kernel's write and fsync.
+//! alert; appending only the changed entries costs about 40 to 46 (at 5,000 alerts/s on a 2-core VM),
+//! most of it in the kernel's write and fsync.
 //!
 //! Writes must be durable before they are acknowledged: a claim that is acknowledged and then lost in
 //! a crash would let a second work item be opened for the same alert. An fsync takes milliseconds on
