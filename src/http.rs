@@ -41,7 +41,10 @@ pub fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientEr
         // more than the requests themselves.
         .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // The APIs itsmc calls answer in place; a redirect would mean a misconfigured URL, and following
+        // one would send the request (and its credentials) somewhere the operator did not name.
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &settings.ca_file {
         let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable { path: path.clone(), source })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)

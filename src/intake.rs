@@ -484,7 +484,7 @@ struct Step<'a> {
     delivery: &'a str,
     alert: &'a Alert,
     content: &'a Content,
-    scope: &'a Scope,
+    scope: &'a Scope<'a>,
 }
 
 /// CAS retries before giving the delivery to the outbox; only racing writers on one key need more than one.
@@ -658,7 +658,7 @@ impl Step<'_> {
     async fn resolve(&self, item: &WorkItem) -> Result<Action, Failure> {
         match self.connection.policy.on_resolve {
             OnResolve::Resolve => {
-                let notes = self.connection.close_notes.render(self.scope.value());
+                let notes = self.connection.close_notes.render(self.scope);
                 self.connector.resolve(item, self.content, &self.connection.policy.close_code, &notes).await?;
                 Ok(Action::Resolved)
             }

@@ -7,19 +7,24 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value, json};
 
 use crate::alert::{Alert, Condition, Severity};
-use crate::workitem::template::Template;
+use crate::workitem::template::{Names, Template};
 
 /// The values templates can name (`{{ rule }}`, `{{ customProperties.team }}`, ...); built once per alert.
-pub struct Scope(Value);
+/// `context` is borrowed from the alert: it is most of a large alert, and copying it cost more than the rest
+/// of the decision.
+pub struct Scope<'a> {
+    names: Value,
+    context: &'a Value,
+}
 
-impl Scope {
-    pub fn new(alert: &Alert) -> Scope {
+impl<'a> Scope<'a> {
+    pub fn new(alert: &'a Alert) -> Scope<'a> {
         let resource = alert.first_target().unwrap_or_default();
         let parts = ResourceId::parse(resource);
         let configuration_item = alert.configuration_items.first().cloned().unwrap_or_else(|| parts.name.to_string());
         let properties: Map<String, Value> =
             alert.custom_properties.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        Scope(json!({
+        let names = json!({
             "alertId": alert.id,
             "schema": alert.schema,
             "rule": alert.rule,
@@ -41,16 +46,18 @@ impl Scope {
             "configurationItems": alert.configuration_items,
             "configurationItem": configuration_item,
             "customProperties": properties,
-            "context": alert.context,
-        }))
-    }
-
-    pub fn value(&self) -> &Value {
-        &self.0
+        });
+        Scope { names, context: &alert.context }
     }
 
     fn str(&self, name: &str) -> &str {
-        self.0.get(name).and_then(Value::as_str).unwrap_or_default()
+        self.names.get(name).and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+impl Names for Scope<'_> {
+    fn name(&self, name: &str) -> Option<&Value> {
+        if name == "context" { Some(self.context) } else { self.names.get(name) }
     }
 }
 
@@ -136,7 +143,7 @@ impl Content {
         let mut fields = BTreeMap::new();
         for set in field_sets {
             for (name, template) in set.iter() {
-                fields.insert(name.clone(), template.render(scope.value()));
+                fields.insert(name.clone(), template.render(scope));
             }
         }
         Content {

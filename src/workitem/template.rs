@@ -243,10 +243,10 @@ impl Template {
         Ok(Template { source: source.into(), parts: parts.into(), capacity })
     }
 
-    /// Render against a scope (a JSON object built from the alert). Never fails, never panics:
-    /// a missing path renders as empty (unless `default` says otherwise).
+    /// Render against a scope (the names built from an alert, or any JSON object). Never fails, never
+    /// panics: a missing path renders as empty (unless `default` says otherwise).
     #[must_use]
-    pub fn render(&self, scope: &Value) -> String {
+    pub fn render<S: Names + ?Sized>(&self, scope: &S) -> String {
         let mut out = String::with_capacity(self.capacity);
         for part in &self.parts {
             match part {
@@ -310,8 +310,37 @@ enum Cur<'a> {
     Text(Cow<'a, str>),
 }
 
-fn lookup<'a>(scope: &'a Value, path: &[Seg]) -> Option<&'a Value> {
-    let mut v = scope;
+/// What a template's first path segment is looked up in. A trait rather than one JSON object so the
+/// alert path can lend large values (the alert's context) to the scope instead of copying them into it.
+pub trait Names {
+    fn name(&self, name: &str) -> Option<&Value>;
+
+    /// The scope as one JSON value, when it is one: its root may then also be an array.
+    fn as_value(&self) -> Option<&Value> {
+        None
+    }
+}
+
+impl Names for Value {
+    fn name(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+
+    fn as_value(&self) -> Option<&Value> {
+        Some(self)
+    }
+}
+
+fn lookup<'a, S: Names + ?Sized>(scope: &'a S, path: &[Seg]) -> Option<&'a Value> {
+    if let Some(root) = scope.as_value() {
+        return walk(root, path);
+    }
+    let (first, rest) = path.split_first()?;
+    let (Seg::Key(name) | Seg::Index(_, name)) = first;
+    walk(scope.name(name)?, rest)
+}
+
+fn walk<'a>(mut v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     for seg in path {
         v = match (v, seg) {
             (Value::Object(map), Seg::Key(key) | Seg::Index(_, key)) => map.get(&**key)?,

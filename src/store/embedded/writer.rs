@@ -30,12 +30,10 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// The shortest time between the starts of two commits, under load. An fsync costs the writer thread
 /// 60-90 µs of CPU however little it carries (measured on a 2-core VM), and on a disk that syncs in
 /// 150 µs a writer that commits as soon as anything is queued makes thousands of small commits a
-/// second. Measured at 5,000 alerts/s (open loop, four writes per alert, glibc malloc, counting the load
-/// generator's own ~18 µs): 71-80 µs of CPU per alert unpaced, 58-67 with 1 ms, 50-58 with 2 ms. The
-/// price is latency: a write waits up to this long for its batch to start, unless one fsync takes longer
-/// anyway (a cloud disk's does) or the previous batch is older; and N callers writing back to back get
-/// at most N writes per interval.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+/// second. The price is latency: a write waits up to this long for its batch to start, and the create
+/// path waits for two commits. 2 ms put p99 at 1,000 alerts/s at 4.9-5.7 ms (target 5); 1 ms measured
+/// 3.6-3.7 ms there with no loss in throughput or CPU per alert (`cargo bench --bench loadgen`).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Batches that are not paced: one op is a caller alone, who would only wait longer for the same
 /// fsync, and a batch this large already spreads its fsync thin.
