@@ -216,7 +216,38 @@ pub fn describe(alert: &Alert) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ResourceId;
+    use super::{ResourceId, Scope};
+    use crate::workitem::template::Template;
+
+    #[test]
+    fn templates_read_the_alert_and_its_borrowed_context() {
+        let body = serde_json::json!({
+            "schemaId": "azureMonitorCommonAlertSchema",
+            "data": {
+                "essentials": {
+                    "alertId": "/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/a1",
+                    "alertRule": "cpu-high", "severity": "Sev1", "signalType": "Metric",
+                    "monitorCondition": "Fired", "monitoringService": "Platform",
+                    "alertTargetIDs": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"],
+                    "firedDateTime": "2026-11-25T12:00:00Z"
+                },
+                "alertContext": {"condition": {"allOf": [{"metricName": "Percentage CPU", "metricValue": 97.5}]}},
+                "customProperties": {"team": "web"}
+            }
+        });
+        let alert = crate::alert::parse(body.to_string().as_bytes()).expect("a common schema alert");
+        let scope = Scope::new(&alert);
+        let template = Template::compile(
+            "{{ rule }}/{{ resourceGroup }}/{{ customProperties.team }}: \
+             {{ context.condition.allOf[0].metricName }}={{ context.condition.allOf.0.metricValue }}{{ context.nothing }}",
+        )
+        .expect("compiles");
+        assert_eq!(template.render(&scope), "cpu-high/rg/web: Percentage CPU=97.5");
+        assert_eq!(
+            Template::compile("{{ context | json }}").unwrap().render(&scope),
+            body["data"]["alertContext"].to_string()
+        );
+    }
 
     #[test]
     fn resource_id_parts() {
