@@ -536,7 +536,7 @@ fn every_complete_fixture_parses_as_expected() {
             Schema::LegacyMetric | Schema::LegacyActivityLog => &raw["data"]["context"],
             _ => &raw,
         };
-        assert_eq!(&a.context, expected_context, "{f} context");
+        assert_eq!(a.context(), expected_context, "{f} context");
     }
 }
 
@@ -628,7 +628,7 @@ fn every_alert_context_fixture_parses_inside_an_envelope() {
             "{file}: {:?}",
             a.condition_summary
         );
-        assert_eq!(a.context, context, "{file} context kept whole");
+        assert_eq!(a.context(), &context, "{file} context kept whole");
         seen += 1;
     }
     // Every alertContext fixture in the directory is covered by the table above.
@@ -843,8 +843,8 @@ fn trap_impacted_services_string_or_array() {
     let string = ok_json(&encoded);
     assert_eq!(array.condition_summary, string.condition_summary);
     // The context keeps what Azure sent, string or array.
-    assert!(string.context["properties"]["impactedServices"].is_string());
-    assert!(array.context["properties"]["impactedServices"].is_array());
+    assert!(string.context()["properties"]["impactedServices"].is_string());
+    assert!(array.context()["properties"]["impactedServices"].is_array());
     // A string that is not JSON is tolerated.
     encoded["data"]["alertContext"]["properties"]["impactedServices"] = json!("[not json");
     assert!(!ok_json(&encoded).condition_summary.iter().any(|l| l.starts_with("Impacted")));
@@ -855,7 +855,7 @@ fn trap_claims_is_a_json_string() {
     let (a, context) =
         wrapped("cas-alertcontext-activitylog-administrative.json", "Activity Log - Administrative", "Activity Log");
     assert!(context["claims"].is_string());
-    assert!(a.context["claims"].is_string(), "claims stay as Azure sent them");
+    assert!(a.context()["claims"].is_string(), "claims stay as Azure sent them");
     // Without `caller`, the name inside the encoded claims says who did it.
     let mut ctx = context.clone();
     ctx.as_object_mut().expect("object").remove("caller");
@@ -1011,13 +1011,13 @@ fn unknown_alert_context_kind_still_parses() {
     let a = ok_json(&envelope(essentials("Future Service", "Telepathy"), context.clone()));
     assert_eq!(a.monitoring_service, "Future Service");
     assert_eq!(a.signal_type, "Telepathy");
-    assert_eq!(a.context, context);
+    assert_eq!(a.context(), &context);
     assert!(a.condition_summary.is_empty());
     // Not even an object: still the alert, with the context as sent.
     let a = ok_json(&envelope(essentials("Future Service", "Telepathy"), json!("opaque")));
-    assert_eq!(a.context, json!("opaque"));
+    assert_eq!(a.context(), &json!("opaque"));
     let a = ok_json(&envelope(essentials("Future Service", "Telepathy"), json!(null)));
-    assert_eq!(a.context, Value::Null);
+    assert_eq!(a.context(), &Value::Null);
     // An unknown schemaId around a common schema envelope is read rather than lost.
     let mut body = envelope(essentials("Platform", "Metric"), json!(null));
     body["schemaId"] = json!("azureMonitorCommonAlertSchemaV2");
@@ -1285,7 +1285,7 @@ fn oms_era_log_alert() {
         a.condition_summary,
         ["Perf | where CounterName == \"% Processor Time\" and CounterValue > 90 | Greater Than 0: 2"]
     );
-    assert_eq!(a.context, body);
+    assert_eq!(a.context(), &body);
 }
 
 /// Log search V1 under `data` without a schemaId, as some senders relay it.
@@ -1665,4 +1665,60 @@ fn bytes_that_are_not_utf8_are_not_json() {
     }
     let e = parse(b"{\"a\":1,\n \"b\":\"\xc3(\"}").expect_err("not UTF-8");
     assert!(e.message.ends_with("line 2 column 7"), "{}", e.message);
+}
+
+/// A common schema log alert's search results are counted from their JSON text and built only on demand;
+/// both must agree with each other for every shape the results come in.
+#[test]
+fn search_results_are_counted_the_same_whether_built_or_not() {
+    let cases = [
+        (json!({"tables": [{"name": "t", "columns": [{"name": "a"}], "rows": [[1], [2], [3]]}]}), 3),
+        (json!({"tables": []}), 0),
+        (json!({"tables": [{"rows": null}]}), 0),
+        (json!({"tables": ["not a table"]}), 0),
+        (json!({"value": [{"a": 1}, {"b": 2}, 5]}), 2),
+        (json!({"tables": {"not": "an array"}, "value": [{"a": 1}]}), 1),
+        // Results embedded in a string: only the built value can say.
+        (json!("{\"tables\":[{\"columns\":[{\"name\":\"a\"}],\"rows\":[[1],[2]]}]}"), 2),
+    ];
+    for (results, rows) in cases {
+        let body = json!({
+            "schemaId": "azureMonitorCommonAlertSchema",
+            "data": {"essentials": essentials("Log Analytics", "Log"), "alertContext": {"SearchResults": results}}
+        });
+        let a = ok(body.to_string().as_bytes());
+        let line = format!("Log search returned {rows} row");
+        assert!(a.condition_summary.iter().any(|l| l.starts_with(&line)), "{results}: {:?}", a.condition_summary);
+        assert_eq!(a.search_rows().len(), rows, "{results}");
+        assert_eq!(a.context()["SearchResults"], results, "the context keeps the results");
+    }
+    // A duplicate key: the last one counts, as when the value is built.
+    let body = format!(
+        "{{\"schemaId\":\"azureMonitorCommonAlertSchema\",\"data\":{{\"essentials\":{},\"alertContext\":\
+         {{\"SearchResults\":{{\"tables\":[{{\"rows\":[[1]]}}],\"tables\":[{{\"rows\":[[1],[2]]}}]}}}}}}}}",
+        essentials("Log Analytics", "Log")
+    );
+    let a = ok(body.as_bytes());
+    assert!(
+        a.condition_summary.iter().any(|l| l.starts_with("Log search returned 2 rows")),
+        "{:?}",
+        a.condition_summary
+    );
+    assert_eq!(a.search_rows().len(), 2);
+}
+
+/// Search results are only counted on the alert path, but nesting past the recursion limit inside them is
+/// still refused, naming the context, rather than accepted and lost when the context is built.
+#[test]
+fn deep_nesting_inside_counted_search_results_is_refused() {
+    let depth = 10_000;
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let body = format!(
+        "{{\"schemaId\":\"azureMonitorCommonAlertSchema\",\"data\":{{\"essentials\":{},\"alertContext\":\
+         {{\"SearchQuery\":\"q\",\"SearchResults\":{{\"tables\":[{{\"rows\":[{deep}]}}]}}}}}}}}",
+        essentials("Log Analytics", "Log")
+    );
+    let e = parse(body.as_bytes()).expect_err("refused");
+    assert_eq!(e.code, "invalid_field", "{}", e.message);
+    assert!(e.message.contains("data.alertContext") && e.message.contains("recursion limit"), "{}", e.message);
 }

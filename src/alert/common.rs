@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::context::Context;
 use super::detect::Data;
 use super::fields::{
     Scalar, echo, optional_str, optional_text, parse_condition, parse_severity, parse_time, raw_kind, raw_object,
@@ -53,7 +53,7 @@ struct Essentials<'a> {
 
 const ESSENTIALS: &str = "data.essentials";
 
-pub(super) fn parse(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
+pub(super) fn parse(body: &str, data: Option<Data<'_>>) -> Result<Alert, ParseError> {
     let data = data.ok_or_else(|| ParseError::missing(ESSENTIALS))?;
     let raw = data.essentials.ok_or_else(|| ParseError::missing(ESSENTIALS))?;
     if !raw.get().starts_with('{') {
@@ -61,9 +61,9 @@ pub(super) fn parse(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
     }
     let e: Essentials<'_> = serde_json::from_str(raw.get()).map_err(|err| ParseError::invalid(ESSENTIALS, err))?;
 
-    let context = data.alert_context.unwrap_or(Value::Null);
+    let readable = data.alert_context.unwrap_or_default();
     let monitoring_service = optional_str(e.monitoring_service).unwrap_or_default();
-    let mut findings = summary::alert_context(&context, &monitoring_service);
+    let mut findings = summary::alert_context(&readable.value, &monitoring_service, readable.result_rows);
 
     let rule = match required_str(e.alert_rule, "data.essentials.alertRule") {
         // Cost Management sends `alertRule: null`; its budget is what the alert is about.
@@ -112,7 +112,7 @@ pub(super) fn parse(data: Option<Data<'_>>) -> Result<Alert, ParseError> {
         custom_properties,
         condition_summary: findings.take_lines(),
         links: findings.links,
-        context,
+        context: if readable.partial { Context::in_body(body) } else { readable.value.into() },
         body_hash: None,
         rows: RowSource::AlertContext,
     })

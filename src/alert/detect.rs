@@ -12,6 +12,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::context::Readable;
 use super::fields::{Scalar, echo, raw_kind, scalar, sha256_hex};
 use super::{Alert, ParseError, Schema, common, legacy, logsearch};
 
@@ -52,7 +53,7 @@ pub(super) struct Data<'a> {
     #[serde(borrow)]
     pub essentials: Option<&'a RawValue>,
     #[serde(rename = "alertContext")]
-    pub alert_context: Option<Value>,
+    pub alert_context: Option<Readable>,
     #[serde(rename = "customProperties", borrow)]
     pub custom_properties: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -103,7 +104,11 @@ impl<'a> DataPart<'a> {
         let r: DataRaw<'a> = serde_json::from_str(raw.get()).map_err(|e| ParseError::invalid("data", e))?;
         Ok(Some(Data {
             essentials: r.essentials,
-            alert_context: to_value(r.alert_context, "data.alertContext")?,
+            alert_context: r
+                .alert_context
+                .map(|raw| serde_json::from_str::<Readable>(raw.get()))
+                .transpose()
+                .map_err(|e| ParseError::invalid("data.alertContext", format_args!("{e} of the member")))?,
             custom_properties: r.custom_properties,
             status: r.status,
             context: to_value(r.context, "data.context")?,
@@ -203,7 +208,7 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>) -> Result<Alert, Par
     if let Some(id) = schema_id.as_deref() {
         let id = id.trim();
         return if id.eq_ignore_ascii_case("azureMonitorCommonAlertSchema") {
-            common::parse(data.resolve()?)
+            common::parse(json, data.resolve()?)
         } else if id.eq_ignore_ascii_case("AzureMonitorMetricAlert") {
             legacy::metric(data.resolve()?)
         } else if id.eq_ignore_ascii_case("Microsoft.Insights/activityLogs") {
@@ -213,7 +218,7 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>) -> Result<Alert, Par
         } else {
             // A schema id we do not know, around a common schema envelope: read it rather than lose it.
             match data.resolve() {
-                Ok(Some(d)) if d.essentials.is_some() => common::parse(Some(d)),
+                Ok(Some(d)) if d.essentials.is_some() => common::parse(json, Some(d)),
                 _ => Err(ParseError::not_an_alert(format_args!("unknown schemaId {}", echo(id)))),
             }
         };
@@ -223,7 +228,7 @@ fn dispatch(json: &str, head: Head<'_>, data: DataPart<'_>) -> Result<Alert, Par
     let data = data.resolve().ok().flatten();
     if let Some(d) = data {
         if d.essentials.is_some() {
-            return common::parse(Some(d));
+            return common::parse(json, Some(d));
         }
         if d.alert_rule_name.is_some() {
             return logsearch::parse(json, Schema::LogSearchLogAnalytics, true);

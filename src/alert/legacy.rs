@@ -92,7 +92,7 @@ fn metric_alert(
         custom_properties: properties_map(properties),
         condition_summary: f.take_lines(),
         links: f.links,
-        context,
+        context: context.into(),
         body_hash: None,
         rows: RowSource::None,
     })
@@ -155,7 +155,7 @@ pub(super) fn activity_log(data: Option<Data<'_>>) -> Result<Alert, ParseError> 
         custom_properties: properties_map(data.properties),
         condition_summary: f.take_lines(),
         links: f.links,
-        context,
+        context: context.into(),
         body_hash: None,
         rows: RowSource::None,
     })

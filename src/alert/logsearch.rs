@@ -53,7 +53,7 @@ pub(super) fn parse(json: &str, schema: Schema, in_data: bool) -> Result<Alert, 
     };
 
     let mut f = Findings::default();
-    summary::log_v1(root, &mut f);
+    summary::log_v1(root, None, &mut f);
     let target_resources = match field(root, "ResourceId") {
         Some(id) => vec![id.into_owned()],
         None => data_sources(root),
@@ -79,11 +79,11 @@ pub(super) fn parse(json: &str, schema: Schema, in_data: bool) -> Result<Alert, 
         custom_properties: Default::default(),
         condition_summary: f.take_lines(),
         links: f.links,
-        context: Value::Null,
+        context: Default::default(),
         body_hash: None,
         rows: RowSource::LogV1 { in_data },
     };
-    Ok(Alert { context: body, ..alert })
+    Ok(Alert { context: body.into(), ..alert })
 }
 
 /// The resources the search ran on, from `SearchResult(s).dataSources`, when no `ResourceId` is given.

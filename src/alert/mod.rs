@@ -10,6 +10,7 @@
 //! lenient readers they share.
 
 mod common;
+mod context;
 mod detect;
 mod fields;
 mod legacy;
@@ -17,6 +18,7 @@ mod logsearch;
 mod model;
 mod summary;
 
+pub use context::Context;
 pub use model::{Alert, Condition, Schema, Severity};
 
 /// What was wrong with a payload; `field` names the JSON path an operator should look at.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::context::Context;
 use super::fields::get;
 use super::summary;
 
@@ -95,8 +96,8 @@ pub struct Alert {
     /// Links worth a click, as (label, url): search results, portal links.
     pub links: Vec<(String, String)>,
     /// The alert context untouched (`alertContext`, legacy `context`, or the whole body for log V1), so that
-    /// templates can read any field and an unknown context still travels.
-    pub context: serde_json::Value,
+    /// templates can read any field and an unknown context still travels. See [`Alert::context`].
+    pub(super) context: Context,
     /// SHA-256 (hex) of the request body, for payloads without an id: `Some` exactly when `id` is `None`.
     /// Hashing takes ~6 µs for a 10 KB body, so it is left out when the id identifies the alert.
     pub body_hash: Option<String>,
@@ -119,6 +120,16 @@ pub(super) enum RowSource {
 }
 
 impl Alert {
+    /// The alert context as JSON (see [`Context`]).
+    pub fn context(&self) -> &serde_json::Value {
+        self.context.value()
+    }
+
+    /// The context, not yet built, for holders that may never read it.
+    pub fn lazy_context(&self) -> &Context {
+        &self.context
+    }
+
     /// Resource group, subscription and resource name of the first target resource, parsed from its id.
     pub fn first_target(&self) -> Option<&str> {
         self.target_resources.first().map(String::as_str)
@@ -132,10 +143,10 @@ impl Alert {
     pub fn search_rows(&self) -> Vec<serde_json::Value> {
         match self.rows {
             RowSource::None => Vec::new(),
-            RowSource::AlertContext => summary::alert_context_rows(&self.context),
-            RowSource::LogV1 { in_data: false } => summary::log_v1_rows(&self.context),
+            RowSource::AlertContext => summary::alert_context_rows(self.context()),
+            RowSource::LogV1 { in_data: false } => summary::log_v1_rows(self.context()),
             RowSource::LogV1 { in_data: true } => {
-                get(&self.context, "data").map(summary::log_v1_rows).unwrap_or_default()
+                get(self.context(), "data").map(summary::log_v1_rows).unwrap_or_default()
             }
         }
     }

@@ -79,8 +79,9 @@ impl Findings {
 }
 
 /// Interprets a common schema `alertContext`. Its search rows are left where they are: see
-/// [`alert_context_rows`], which must follow the same shapes.
-pub(super) fn alert_context(ctx: &Value, monitoring_service: &str) -> Findings {
+/// [`alert_context_rows`], which must follow the same shapes. `result_rows`: the context's search results
+/// were left out of `ctx` and counted (see `context::Readable`).
+pub(super) fn alert_context(ctx: &Value, monitoring_service: &str, result_rows: Option<usize>) -> Findings {
     let mut f = Findings::default();
     if !ctx.is_object() {
         return f;
@@ -88,8 +89,10 @@ pub(super) fn alert_context(ctx: &Value, monitoring_service: &str) -> Findings {
     if let Some(condition) = get(ctx, "condition").filter(|c| c.is_object()) {
         f.custom_properties = get(ctx, "properties").cloned();
         criteria(condition, &mut f);
-    } else if get_any(ctx, &["SearchQuery", "SearchResults", "SearchResult", "AlertType"]).is_some() {
-        log_v1(ctx, &mut f);
+    } else if result_rows.is_some()
+        || get_any(ctx, &["SearchQuery", "SearchResults", "SearchResult", "AlertType"]).is_some()
+    {
+        log_v1(ctx, result_rows, &mut f);
     } else if let Some(data) = get(ctx, "AlertData").filter(|d| d.is_object()) {
         budget(data, &mut f);
     } else if get_any(ctx, &["DetectionSummary", "SmartDetectorId", "SmartDetectorName"]).is_some() {
@@ -210,8 +213,8 @@ fn log_criterion_line(query: &str, item: &Value) -> String {
 
 /// Log search V1 (common schema context, the Log Analytics and Application Insights webhooks, the
 /// OMS-era and custom JSON forms): the query line, dimensions and links. The result rows are only
-/// counted here; [`log_v1_rows`] builds them.
-pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
+/// counted here (or by the caller: `result_rows`); [`log_v1_rows`] builds them.
+pub(super) fn log_v1(ctx: &Value, result_rows: Option<usize>, f: &mut Findings) {
     let query = field(ctx, "SearchQuery");
     let alert_type = field(ctx, "AlertType");
     let operator = field_any(ctx, &["Operator", "AlertThresholdOperator"]);
@@ -234,9 +237,9 @@ pub(super) fn log_v1(ctx: &Value, f: &mut Findings) {
     f.link("Filtered search results", get(ctx, "LinkToFilteredSearchResultsUI"));
     f.link("Search results (API)", get(ctx, "LinkToSearchResultsAPI"));
     f.link("Filtered search results (API)", get(ctx, "LinkToFilteredSearchResultsAPI"));
-    let mut rows = 0;
-    if let Some(results) = get_any(ctx, &["SearchResults", "SearchResult"]) {
-        rows = search_row_count(results);
+    let counted = result_rows.or_else(|| get_any(ctx, &["SearchResults", "SearchResult"]).map(search_row_count));
+    let rows = counted.unwrap_or(0);
+    if counted.is_some() {
         // A custom JSON payload may carry nothing but the rule name and the results.
         if f.lines.is_empty() {
             f.lines.push(format!("Log search returned {rows} row{}", if rows == 1 { "" } else { "s" }));

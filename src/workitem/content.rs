@@ -6,15 +6,15 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use crate::alert::{Alert, Condition, Severity};
+use crate::alert::{Alert, Condition, Context, Severity};
 use crate::workitem::template::{Names, Template};
 
 /// The values templates can name (`{{ rule }}`, `{{ customProperties.team }}`, ...); built once per alert.
-/// `context` is borrowed from the alert: it is most of a large alert, and copying it cost more than the rest
-/// of the decision.
+/// `context` is borrowed from the alert, and only built if a template reads it: it is most of a large alert,
+/// and copying it cost more than the rest of the decision.
 pub struct Scope<'a> {
     names: Value,
-    context: &'a Value,
+    context: &'a Context,
 }
 
 impl<'a> Scope<'a> {
@@ -47,7 +47,7 @@ impl<'a> Scope<'a> {
             "configurationItem": configuration_item,
             "customProperties": properties,
         });
-        Scope { names, context: &alert.context }
+        Scope { names, context: alert.lazy_context() }
     }
 
     fn str(&self, name: &str) -> &str {
@@ -57,7 +57,7 @@ impl<'a> Scope<'a> {
 
 impl Names for Scope<'_> {
     fn name(&self, name: &str) -> Option<&Value> {
-        if name == "context" { Some(self.context) } else { self.names.get(name) }
+        if name == "context" { Some(self.context.value()) } else { self.names.get(name) }
     }
 }
 
