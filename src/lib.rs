@@ -11,6 +11,8 @@ pub mod intake;
 pub mod itsm;
 pub mod logging;
 pub mod outbox;
+#[cfg(feature = "wip-secrets")]
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod workitem;

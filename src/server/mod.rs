@@ -5,6 +5,8 @@
 //! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`.
 
 mod alert;
+#[cfg(feature = "wip-entra")]
+pub mod entra;
 mod functions;
 
 use std::sync::Arc;
