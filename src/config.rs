@@ -130,9 +130,22 @@ impl Default for OutboxSettings {
     }
 }
 
+/// Where itsmc keeps its state. Chosen the way the Functions host chooses its own storage, from the same
+/// settings, so a function app needs nothing extra: `AzureWebJobsStorage` (a connection string), or the
+/// identity-based `AzureWebJobsStorage__accountName` / `__tableServiceUri`; without them, the embedded store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateSettings {
+    /// The embedded file store in `ITSMC_DATA_DIR` (local use: one instance per directory).
+    Embedded { data_dir: PathBuf },
+    /// Azure Table Storage with the account key of a connection string (Azurite's too).
+    TableConnectionString { connection_string: Secret, prefix: String },
+    /// Azure Table Storage with an Entra token of the app's managed identity (user-assigned: `client_id`).
+    TableIdentity { endpoint: url::Url, client_id: Option<String>, prefix: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub data_dir: PathBuf,
+    pub state: StateSettings,
     pub http: HttpSettings,
     /// How long the alert route waits for the ITSM tool before it answers 202 and leaves the work to the outbox.
     pub alert_budget: Duration,
@@ -149,7 +162,7 @@ impl Config {
 
     /// Read through `lookup` (the environment in production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let data_dir = PathBuf::from(lookup("ITSMC_DATA_DIR").unwrap_or_else(|| "./itsmc-data".into()));
+        let state = state_settings(&lookup)?;
         let http = HttpSettings { ca_file: lookup("ITSMC_CA_FILE"), ..HttpSettings::default() };
         let alert_budget = Duration::from_millis(parse_number(&lookup, "ITSMC_ALERT_BUDGET_MS", 5_000, 100, 9_000)?);
         let outbox = OutboxSettings {
@@ -172,13 +185,7 @@ impl Config {
             }
             None => vec![connection_from_env(&lookup)?],
         };
-        Ok(Config {
-            data_dir,
-            http,
-            alert_budget,
-            outbox,
-            connections: connections.into_iter().map(Arc::new).collect(),
-        })
+        Ok(Config { state, http, alert_budget, outbox, connections: connections.into_iter().map(Arc::new).collect() })
     }
 
     pub fn connection(&self, name: Option<&str>) -> Option<&Arc<Connection>> {
@@ -187,6 +194,55 @@ impl Config {
             Some(name) => self.connections.iter().find(|c| c.name.eq_ignore_ascii_case(name)),
         }
     }
+}
+
+fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSettings, ConfigError> {
+    let prefix = lookup("ITSMC_TABLE_PREFIX").unwrap_or_else(|| "itsmc".into());
+    let valid_prefix = prefix.len() <= 40
+        && prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+        && prefix.chars().all(|c| c.is_ascii_alphanumeric());
+    if !valid_prefix {
+        // Table names are 3-63 letters and digits, starting with a letter; the prefix leaves room for ours.
+        return Err(invalid(
+            "ITSMC_TABLE_PREFIX",
+            format!("'{prefix}' must be up to 40 letters and digits, starting with a letter"),
+        ));
+    }
+    if let Some(connection_string) = lookup("AzureWebJobsStorage") {
+        return Ok(StateSettings::TableConnectionString { connection_string: Secret::new(connection_string), prefix });
+    }
+    let client_id = lookup("AzureWebJobsStorage__clientId");
+    let endpoint = if let Some(uri) = lookup("AzureWebJobsStorage__tableServiceUri") {
+        Some(storage_url("AzureWebJobsStorage__tableServiceUri", &uri)?)
+    } else if let Some(account) = lookup("AzureWebJobsStorage__accountName") {
+        let valid =
+            (3..=24).contains(&account.len()) && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid {
+            return Err(invalid(
+                "AzureWebJobsStorage__accountName",
+                format!("'{account}' is not a storage account name (3-24 lowercase letters and digits)"),
+            ));
+        }
+        Some(storage_url("AzureWebJobsStorage__accountName", &format!("https://{account}.table.core.windows.net"))?)
+    } else {
+        None
+    };
+    Ok(match endpoint {
+        Some(endpoint) => StateSettings::TableIdentity { endpoint, client_id, prefix },
+        None => StateSettings::Embedded {
+            data_dir: PathBuf::from(lookup("ITSMC_DATA_DIR").unwrap_or_else(|| "./itsmc-data".into())),
+        },
+    })
+}
+
+/// An https URL (http only to this machine), as a storage or vault endpoint must be.
+fn storage_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(invalid(setting, format!("'{raw}' must be an https:// URL")));
+    }
+    Ok(url)
 }
 
 fn parse_number(

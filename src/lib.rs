@@ -27,7 +27,10 @@ pub struct App {
 impl App {
     /// Open the store and build the clients; errors name what to fix.
     pub fn start(config: config::Config) -> Result<App, String> {
-        let store = store::EmbeddedStore::open(&config.data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
+        let config::StateSettings::Embedded { data_dir } = &config.state else {
+            return Err("Table Storage state is not wired in yet".into());
+        };
+        let store = store::EmbeddedStore::open(data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
         let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
         let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http));
         Ok(App { intake })

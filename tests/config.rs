@@ -25,7 +25,7 @@ fn nothing_configured_is_one_dry_run_connection() {
     assert_eq!(c.work_item_type, WorkItemType::Incident);
     assert_eq!(c.grouping, Grouping::Alert);
     assert_eq!(c.short_description_max, 160);
-    assert_eq!(config.data_dir, std::path::PathBuf::from("./itsmc-data"));
+    assert_eq!(config.state, itsmc::config::StateSettings::Embedded { data_dir: "./itsmc-data".into() });
     assert_eq!(config.alert_budget.as_millis(), 5000);
 }
 
@@ -154,4 +154,46 @@ fn toml_errors_name_the_connection_and_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("Sev9"), "{e}");
+}
+
+#[test]
+fn state_is_chosen_as_the_functions_host_chooses_its_storage() {
+    use itsmc::config::StateSettings;
+    let azurite = "UseDevelopmentStorage=true";
+    match load(&[("AzureWebJobsStorage", azurite), ("ITSMC_DATA_DIR", "/tmp/x")]).unwrap().state {
+        StateSettings::TableConnectionString { connection_string, prefix } => {
+            assert_eq!(connection_string.expose(), azurite);
+            assert_eq!(prefix, "itsmc");
+            assert_eq!(format!("{connection_string:?}"), "***", "the connection string holds the account key");
+        }
+        other => panic!("expected the connection string, got {other:?}"),
+    }
+    let by_account = load(&[("AzureWebJobsStorage__accountName", "contosofn"), ("ITSMC_TABLE_PREFIX", "prod1")]);
+    assert_eq!(
+        by_account.unwrap().state,
+        StateSettings::TableIdentity {
+            endpoint: "https://contosofn.table.core.windows.net".parse().unwrap(),
+            client_id: None,
+            prefix: "prod1".into()
+        }
+    );
+    let by_uri = load(&[
+        ("AzureWebJobsStorage__tableServiceUri", "https://contosofn.table.core.windows.net/"),
+        ("AzureWebJobsStorage__accountName", "ignored"),
+        ("AzureWebJobsStorage__clientId", "0000-client"),
+    ]);
+    assert!(matches!(
+        by_uri.unwrap().state,
+        StateSettings::TableIdentity { client_id: Some(ref id), .. } if id == "0000-client"
+    ));
+    assert_eq!(
+        load(&[("ITSMC_DATA_DIR", "/var/lib/itsmc")]).unwrap().state,
+        StateSettings::Embedded { data_dir: "/var/lib/itsmc".into() }
+    );
+
+    assert!(
+        error(&[("AzureWebJobsStorage__accountName", "Not_An_Account")]).contains("AzureWebJobsStorage__accountName")
+    );
+    assert!(error(&[("AzureWebJobsStorage__tableServiceUri", "http://contoso.example")]).contains("https://"));
+    assert!(error(&[("ITSMC_TABLE_PREFIX", "1bad-prefix")]).contains("ITSMC_TABLE_PREFIX"));
 }
