@@ -150,6 +150,8 @@ pub struct Config {
     /// How long the alert route waits for the ITSM tool before it answers 202 and leaves the work to the outbox.
     pub alert_budget: Duration,
     pub outbox: OutboxSettings,
+    /// Entra validation of Secure Webhook tokens on the alert route (`ITSMC_ENTRA_*`); `None`: off.
+    pub entra: Option<crate::server::entra::EntraSettings>,
     /// The first connection is the default one (`/api/alert` without `?connection=`).
     pub connections: Vec<Arc<Connection>>,
 }
@@ -174,6 +176,7 @@ impl Config {
                 1,
                 3_600_000,
             )?),
+            lease: Duration::from_secs(parse_number(&lookup, "ITSMC_OUTBOX_LEASE_SECS", 60, 1, 3_600)?),
             ..OutboxSettings::default()
         };
         let connections = match lookup("ITSMC_CONNECTIONS_FILE") {
@@ -185,7 +188,15 @@ impl Config {
             }
             None => vec![connection_from_env(&lookup)?],
         };
-        Ok(Config { state, http, alert_budget, outbox, connections: connections.into_iter().map(Arc::new).collect() })
+        let entra = crate::server::entra::EntraSettings::from_lookup(&lookup)?;
+        Ok(Config {
+            state,
+            entra,
+            http,
+            alert_budget,
+            outbox,
+            connections: connections.into_iter().map(Arc::new).collect(),
+        })
     }
 
     pub fn connection(&self, name: Option<&str>) -> Option<&Arc<Connection>> {

@@ -22,6 +22,8 @@ use std::sync::Arc;
 /// Everything a running itsmc holds, built once from the configuration.
 pub struct App {
     pub intake: Arc<intake::Intake>,
+    /// Checks Secure Webhook tokens on the alert route, when `ITSMC_ENTRA_TENANT_ID` is set.
+    pub entra: Option<Arc<server::entra::EntraValidator>>,
 }
 
 impl App {
@@ -32,7 +34,14 @@ impl App {
         };
         let store = store::EmbeddedStore::open(data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
         let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
+        let entra =
+            config.entra.clone().map(|settings| Arc::new(server::entra::EntraValidator::new(settings, http.clone())));
         let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http));
-        Ok(App { intake })
+        Ok(App { intake, entra })
+    }
+
+    /// The HTTP routes of this app.
+    pub fn router(&self) -> axum::Router {
+        server::router(Arc::clone(&self.intake), self.entra.clone())
     }
 }

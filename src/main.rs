@@ -64,7 +64,7 @@ async fn serve(port: Option<u16>) -> Result<(), String> {
         tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     tracing::info!(%address, store = %app.intake.store.describe(), "itsmc ready");
     let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
-    let served = axum::serve(listener, itsmc::server::router(Arc::clone(&app.intake)))
+    let served = axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await;
     worker.abort();

@@ -5,7 +5,6 @@
 //! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`.
 
 mod alert;
-#[cfg(feature = "wip-entra")]
 pub mod entra;
 mod functions;
 
@@ -25,11 +24,16 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
     (status, axum::Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
 }
 
-pub fn router(intake: Arc<Intake>) -> Router {
+/// The routes; with `entra`, the alert route takes only Secure Webhook calls with a valid token.
+pub fn router(intake: Arc<Intake>, entra: Option<Arc<entra::EntraValidator>>) -> Router {
+    let mut alert = post(alert::post_alert);
+    if let Some(validator) = entra {
+        alert = alert.route_layer(axum::middleware::from_fn_with_state(validator, entra::require_token));
+    }
     Router::new()
         .route("/", get(health))
         .route("/api/health", get(health))
-        .route("/api/alert", post(alert::post_alert))
+        .route("/api/alert", alert)
         .route("/function-sync", post(functions::timer))
         .route("/api/workitems", get(workitems))
         .method_not_allowed_fallback(|| async {

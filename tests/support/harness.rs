@@ -52,7 +52,7 @@ impl Itsmc {
         let app = itsmc::App::start(config).expect("itsmc starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
-        let router = itsmc::server::router(Arc::clone(&app.intake));
+        let router = app.router();
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });

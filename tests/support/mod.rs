@@ -4,6 +4,8 @@
 //! production clients run unchanged against it; only the base URL differs. Test files pull these in
 //! with `mod support;`.
 
+#[allow(dead_code)]
+pub mod entra;
 pub mod harness;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.
 #[allow(dead_code)]
