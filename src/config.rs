@@ -36,6 +36,23 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A credential of a connection: given in the settings, or read from Key Vault (`ITSMC_KEY_VAULT_URL`) under
+/// this secret name when the settings leave it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSetting {
+    Value(Secret),
+    KeyVault(String),
+}
+
+/// Where connection secrets come from when the settings do not give them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVaultSettings {
+    /// `ITSMC_KEY_VAULT_URL`, e.g. `https://contoso-itsmc.vault.azure.net/`.
+    pub url: String,
+    /// `ITSMC_MANAGED_IDENTITY_CLIENT_ID`: a user-assigned identity; else the system-assigned one.
+    pub client_id: Option<String>,
+}
+
 /// A configuration error: which setting, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -52,14 +69,16 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
 pub enum ServiceNowAuth {
     Basic {
         username: String,
-        password: Secret,
+        password: SecretSetting,
     },
     /// OAuth 2 password grant on `/oauth_token.do`.
     OAuth {
         username: String,
-        password: Secret,
+        password: SecretSetting,
         client_id: String,
-        client_secret: Secret,
+        client_secret: SecretSetting,
+        /// Where a refresh token ServiceNow hands out is written back (Key Vault only), and read at start.
+        refresh_token: Option<String>,
     },
 }
 
@@ -150,6 +169,8 @@ pub struct Config {
     /// How long the alert route waits for the ITSM tool before it answers 202 and leaves the work to the outbox.
     pub alert_budget: Duration,
     pub outbox: OutboxSettings,
+    /// Key Vault for connection secrets the settings leave out; `None`: every secret is in the settings.
+    pub key_vault: Option<KeyVaultSettings>,
     /// Entra validation of Secure Webhook tokens on the alert route (`ITSMC_ENTRA_*`); `None`: off.
     pub entra: Option<crate::server::entra::EntraSettings>,
     /// The first connection is the default one (`/api/alert` without `?connection=`).
@@ -179,18 +200,22 @@ impl Config {
             lease: Duration::from_secs(parse_number(&lookup, "ITSMC_OUTBOX_LEASE_SECS", 60, 1, 3_600)?),
             ..OutboxSettings::default()
         };
+        let key_vault = lookup("ITSMC_KEY_VAULT_URL")
+            .map(|url| KeyVaultSettings { url, client_id: lookup(crate::secrets::MANAGED_IDENTITY_CLIENT_ID_SETTING) });
+        let vault = key_vault.is_some();
         let connections = match lookup("ITSMC_CONNECTIONS_FILE") {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| invalid("ITSMC_CONNECTIONS_FILE", format!("cannot read {path}: {e}")))?;
-                connections_from_toml(&text, &lookup)
+                connections_from_toml(&text, &lookup, vault)
                     .map_err(|e| invalid(format!("ITSMC_CONNECTIONS_FILE ({path}) {}", e.setting), e.message))?
             }
-            None => vec![connection_from_env(&lookup)?],
+            None => vec![connection_from_env(&lookup, vault)?],
         };
         let entra = crate::server::entra::EntraSettings::from_lookup(&lookup)?;
         Ok(Config {
             state,
+            key_vault,
             entra,
             http,
             alert_budget,
@@ -305,19 +330,36 @@ fn servicenow_url(setting: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
-fn servicenow_auth(
-    prefix: &str,
-    username: Option<String>,
+/// The secrets of one connection, as settings give them; `vault_names`: Key Vault is configured, and what
+/// the settings leave out is read from it under these names.
+struct GivenSecrets {
     password: Option<Secret>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
-) -> Result<ServiceNowAuth, ConfigError> {
+    vault_names: Option<crate::secrets::SecretNames>,
+}
+
+fn servicenow_auth(prefix: &str, username: Option<String>, given: GivenSecrets) -> Result<ServiceNowAuth, ConfigError> {
     let username = username.ok_or_else(|| invalid(format!("{prefix}USERNAME"), "ServiceNow needs a user name"))?;
+    let from_vault = |name: fn(&crate::secrets::SecretNames) -> &String| {
+        given.vault_names.as_ref().map(|names| SecretSetting::KeyVault(name(names).clone()))
+    };
     let password =
-        password.ok_or_else(|| invalid(format!("{prefix}PASSWORD"), "ServiceNow needs the user's password"))?;
-    match (client_id, client_secret) {
+        given.password.map(SecretSetting::Value).or_else(|| from_vault(|n| &n.password)).ok_or_else(|| {
+            invalid(
+                format!("{prefix}PASSWORD"),
+                "ServiceNow needs the user's password (or ITSMC_KEY_VAULT_URL holding it)",
+            )
+        })?;
+    let client_secret = match (&given.client_id, given.client_secret) {
+        (_, Some(secret)) => Some(SecretSetting::Value(secret)),
+        (Some(_), None) => from_vault(|n| &n.client_secret),
+        (None, None) => None,
+    };
+    let refresh_token = given.vault_names.as_ref().map(|names| names.refresh_token.clone());
+    match (given.client_id, client_secret) {
         (Some(client_id), Some(client_secret)) => {
-            Ok(ServiceNowAuth::OAuth { username, password, client_id, client_secret })
+            Ok(ServiceNowAuth::OAuth { username, password, client_id, client_secret, refresh_token })
         }
         (None, None) => Ok(ServiceNowAuth::Basic { username, password }),
         (Some(_), None) => {
@@ -329,19 +371,20 @@ fn servicenow_auth(
     }
 }
 
-fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Connection, ConfigError> {
+fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) -> Result<Connection, ConfigError> {
+    let name = lookup("ITSMC_CONNECTION_NAME").unwrap_or_else(|| "default".into());
     let product = match lookup("ITSMC_PRODUCT").as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("dry-run") | Some("dryrun") => Product::DryRun,
         Some("servicenow") => {
             let raw = lookup("ITSMC_URL").ok_or_else(|| invalid("ITSMC_URL", "ServiceNow needs the instance URL"))?;
             let url = servicenow_url("ITSMC_URL", &raw)?;
-            let auth = servicenow_auth(
-                "ITSMC_",
-                lookup("ITSMC_USERNAME"),
-                lookup("ITSMC_PASSWORD").map(Secret),
-                lookup("ITSMC_CLIENT_ID"),
-                lookup("ITSMC_CLIENT_SECRET").map(Secret),
-            )?;
+            let given = GivenSecrets {
+                password: lookup("ITSMC_PASSWORD").map(Secret),
+                client_id: lookup("ITSMC_CLIENT_ID"),
+                client_secret: lookup("ITSMC_CLIENT_SECRET").map(Secret),
+                vault_names: vault.then(|| crate::secrets::SecretNames::for_connection(&name)),
+            };
+            let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
             Product::ServiceNow(ServiceNowSettings { url, auth })
         }
         Some(other) => {
@@ -372,7 +415,7 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Conne
         }
     }
     Ok(Connection {
-        name: lookup("ITSMC_CONNECTION_NAME").unwrap_or_else(|| "default".into()),
+        name,
         product,
         work_item_type: parse_word("ITSMC_WORK_ITEM_TYPE", lookup("ITSMC_WORK_ITEM_TYPE"), WorkItemType::Incident)?,
         grouping: parse_word("ITSMC_GROUPING", lookup("ITSMC_GROUPING"), Grouping::Alert)?,
@@ -447,7 +490,11 @@ fn compile_fields(setting: &str, raw: BTreeMap<String, String>) -> Result<Fields
     raw.into_iter().map(|(name, source)| Ok((name.clone(), compile(&format!("{setting}.{name}"), &source)?))).collect()
 }
 
-fn connections_from_toml(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<Connection>, ConfigError> {
+fn connections_from_toml(
+    text: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+    vault: bool,
+) -> Result<Vec<Connection>, ConfigError> {
     let file: FileConnections = toml::from_str(text).map_err(|e| invalid("", e.to_string()))?;
     if file.connections.is_empty() {
         return Err(invalid("connections", "the file defines no [[connections]]"));
@@ -468,7 +515,13 @@ fn connections_from_toml(text: &str, lookup: &impl Fn(&str) -> Option<String>) -
                 let password = secret_from(lookup, &format!("{at}.password"), c.password, c.password_env)?;
                 let client_secret =
                     secret_from(lookup, &format!("{at}.client_secret"), c.client_secret, c.client_secret_env)?;
-                let auth = servicenow_auth(&format!("{at}."), c.username, password, c.client_id, client_secret)
+                let given = GivenSecrets {
+                    password,
+                    client_id: c.client_id,
+                    client_secret,
+                    vault_names: vault.then(|| crate::secrets::SecretNames::for_connection(&c.name)),
+                };
+                let auth = servicenow_auth(&format!("{at}."), c.username, given)
                     .map_err(|e| invalid(e.setting.to_ascii_lowercase(), e.message))?;
                 Product::ServiceNow(ServiceNowSettings { url: servicenow_url(&format!("{at}.url"), &raw)?, auth })
             }

@@ -115,12 +115,18 @@ fn bad(code: &'static str, message: impl Into<String>) -> IntakeError {
 }
 
 impl Intake {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, http: reqwest::Client) -> Intake {
+    /// `vault`: where the connections' secrets are that their settings leave out (Key Vault).
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        http: reqwest::Client,
+        vault: Option<Arc<crate::secrets::Secrets>>,
+    ) -> Intake {
         let journal = Arc::new(itsm::dry_run::Journal::default());
         let connectors = config
             .connections
             .iter()
-            .map(|c| (c.name.to_ascii_lowercase(), itsm::connect(c, http.clone(), journal.clone())))
+            .map(|c| (c.name.to_ascii_lowercase(), itsm::connect(c, http.clone(), journal.clone(), vault.clone())))
             .collect();
         Intake { config, store, connectors, journal, recent: Mutex::new(VecDeque::new()), wakeup: Wakeup::default() }
     }

@@ -11,7 +11,6 @@ pub mod intake;
 pub mod itsm;
 pub mod logging;
 pub mod outbox;
-#[cfg(feature = "wip-secrets")]
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -36,7 +35,16 @@ impl App {
         let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
         let entra =
             config.entra.clone().map(|settings| Arc::new(server::entra::EntraValidator::new(settings, http.clone())));
-        let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http));
+        let vault = match &config.key_vault {
+            Some(settings) => {
+                let credential = secrets::credential(http.clone(), settings.client_id.as_deref()).map_err(|e| e.to_string())?;
+                let vault = secrets::Secrets::key_vault(&settings.url, credential, http.clone())
+                    .map_err(|e| format!("ITSMC_KEY_VAULT_URL: {e}"))?;
+                Some(Arc::new(vault))
+            }
+            None => None,
+        };
+        let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http, vault));
         Ok(App { intake, entra })
     }
 

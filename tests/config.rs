@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use itsmc::config::{Config, Product, ServiceNowAuth};
+use itsmc::config::{Config, Product, SecretSetting, ServiceNowAuth};
 use itsmc::workitem::{Grouping, OnResolve, RefireAfterClose, WorkItemType};
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, itsmc::config::ConfigError> {
@@ -128,7 +128,7 @@ product = "dry-run"
     assert!(prod.templates.contains_key("database"));
     let Product::ServiceNow(settings) = &prod.product else { panic!() };
     let ServiceNowAuth::Basic { password, .. } = &settings.auth else { panic!() };
-    assert_eq!(password.expose(), "from-the-environment");
+    assert_eq!(password, &SecretSetting::Value(itsmc::config::Secret::new("from-the-environment")));
     assert_eq!(config.connection(None).unwrap().name, "prod", "the first is the default");
     assert!(matches!(config.connection(Some("lab")).unwrap().product, Product::DryRun));
 }
@@ -196,4 +196,42 @@ fn state_is_chosen_as_the_functions_host_chooses_its_storage() {
     );
     assert!(error(&[("AzureWebJobsStorage__tableServiceUri", "http://contoso.example")]).contains("https://"));
     assert!(error(&[("ITSMC_TABLE_PREFIX", "1bad-prefix")]).contains("ITSMC_TABLE_PREFIX"));
+}
+
+#[test]
+fn with_key_vault_the_secrets_left_out_are_read_from_it_by_connection_name() {
+    let config = load(&[
+        ("ITSMC_KEY_VAULT_URL", "https://contoso-itsmc.vault.azure.net/"),
+        ("ITSMC_MANAGED_IDENTITY_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("ITSMC_PRODUCT", "servicenow"),
+        ("ITSMC_CONNECTION_NAME", "prod"),
+        ("ITSMC_URL", "https://contoso.service-now.com"),
+        ("ITSMC_USERNAME", "svc"),
+        ("ITSMC_CLIENT_ID", "cid"),
+    ])
+    .unwrap();
+    let vault = config.key_vault.as_ref().expect("Key Vault configured");
+    assert_eq!(vault.url, "https://contoso-itsmc.vault.azure.net/");
+    assert_eq!(vault.client_id.as_deref(), Some("11111111-2222-3333-4444-555555555555"));
+    let Product::ServiceNow(settings) = &config.connections[0].product else { panic!() };
+    let ServiceNowAuth::OAuth { password, client_secret, refresh_token, .. } = &settings.auth else { panic!() };
+    assert_eq!(password, &SecretSetting::KeyVault("prod-password".into()));
+    assert_eq!(client_secret, &SecretSetting::KeyVault("prod-client-secret".into()));
+    assert_eq!(refresh_token.as_deref(), Some("prod-refresh-token"));
+
+    // A secret given in the settings wins; without Key Vault, a missing password is still an error.
+    let given = load(&[
+        ("ITSMC_KEY_VAULT_URL", "https://contoso-itsmc.vault.azure.net/"),
+        ("ITSMC_PRODUCT", "servicenow"),
+        ("ITSMC_URL", "https://contoso.service-now.com"),
+        ("ITSMC_USERNAME", "svc"),
+        ("ITSMC_PASSWORD", "inline"),
+    ])
+    .unwrap();
+    let Product::ServiceNow(settings) = &given.connections[0].product else { panic!() };
+    let ServiceNowAuth::Basic { password, .. } = &settings.auth else { panic!() };
+    assert_eq!(password, &SecretSetting::Value(itsmc::config::Secret::new("inline")));
+    let e =
+        error(&[("ITSMC_PRODUCT", "servicenow"), ("ITSMC_URL", "https://x.service-now.com"), ("ITSMC_USERNAME", "u")]);
+    assert!(e.contains("ITSMC_PASSWORD") && e.contains("ITSMC_KEY_VAULT_URL"), "{e}");
 }

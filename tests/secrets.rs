@@ -1,4 +1,3 @@
-#![cfg(feature = "wip-secrets")]
 //! Connection secrets from Key Vault through a managed identity (`itsmc::secrets`), with the real
 //! `azure_identity` and `azure_security_keyvault_secrets` clients talking to the emulators in
 //! `tests/support/` (identity endpoint, Key Vault over TLS with a test CA).
@@ -33,6 +32,9 @@ mod identity;
 #[allow(dead_code)]
 #[path = "support/keyvault.rs"]
 mod keyvault;
+#[path = "support/servicenow.rs"]
+#[allow(dead_code)]
+mod servicenow;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -543,4 +545,108 @@ async fn invalid_names_and_urls_are_refused_before_any_request() {
     let error = secrets.get("prod_password").await.expect_err("invalid name");
     assert!(error.to_string().contains("letters, digits and '-'"), "{error}");
     assert_eq!(credential.0.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wired into a ServiceNow connection
+// ---------------------------------------------------------------------------------------------
+
+/// An alert path whose ServiceNow credentials are all in Key Vault (none in the settings).
+fn intake_with_vault(
+    world: &World,
+    servicenow: &servicenow::ServiceNowEmulator,
+    oauth: bool,
+) -> Arc<itsmc::intake::Intake> {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let mut env = vec![
+        ("ITSMC_DATA_DIR".to_string(), dir.display().to_string()),
+        ("ITSMC_KEY_VAULT_URL".to_string(), world.vault.url()),
+        ("ITSMC_PRODUCT".to_string(), "servicenow".to_string()),
+        ("ITSMC_CONNECTION_NAME".to_string(), "prod".to_string()),
+        ("ITSMC_URL".to_string(), servicenow.url()),
+        ("ITSMC_USERNAME".to_string(), "itsmc".to_string()),
+    ];
+    if oauth {
+        env.push(("ITSMC_CLIENT_ID".to_string(), "itsmc-client".to_string()));
+    }
+    let env: std::collections::HashMap<_, _> = env.into_iter().collect();
+    let config = itsmc::config::Config::from_lookup(|name| env.get(name).cloned()).expect("valid settings");
+    let store = itsmc::store::EmbeddedStore::open(&dir).expect("store");
+    let vault = Arc::new(world.secrets());
+    Arc::new(itsmc::intake::Intake::new(Arc::new(config), Arc::new(store), world.http(), Some(vault)))
+}
+
+fn alert(id: &str) -> String {
+    serde_json::json!({
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {"essentials": {
+            "alertId": format!("/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/{id}"),
+            "alertRule": "cpu-high", "severity": "Sev2", "monitorCondition": "Fired",
+            "alertTargetIDs": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"]
+        }, "alertContext": {}}
+    })
+    .to_string()
+}
+
+#[test]
+fn a_password_rotated_in_the_vault_is_picked_up_when_servicenow_refuses_the_old_one() {
+    isolated(
+        a_password_rotated_in_the_vault_is_picked_up_when_servicenow_refuses_the_old_one,
+        Environment::ManagedIdentity,
+        |world| async move {
+            let servicenow = servicenow::ServiceNowEmulator::start(
+                servicenow::EmulatorConfig::default().with_user("itsmc", "first-password"),
+            );
+            world.vault.put_secret("prod-password", "first-password");
+            let intake = intake_with_vault(&world, &servicenow, false);
+            let options = itsmc::intake::Options::default();
+            let first = intake.accept(alert("a1").as_bytes(), &options).await.expect("created");
+            assert_eq!(first.action, itsmc::intake::Action::Created);
+
+            // The password is rotated in ServiceNow and in the vault while itsmc runs with the old one cached.
+            servicenow.set_password("itsmc", "second-password");
+            world.vault.put_secret("prod-password", "second-password");
+            let reads = world.authorized_requests();
+            let second = intake.accept(alert("a2").as_bytes(), &options).await.expect("created after a reload");
+            assert_eq!(second.action, itsmc::intake::Action::Created, "the next alert after the 401 succeeds");
+            assert_eq!(servicenow.count("incident"), 2);
+            assert_eq!(world.authorized_requests(), reads + 1, "the password was read again once");
+        },
+    );
+}
+
+#[test]
+fn a_refresh_token_servicenow_hands_out_is_written_back_to_the_vault() {
+    isolated(
+        a_refresh_token_servicenow_hands_out_is_written_back_to_the_vault,
+        Environment::ManagedIdentity,
+        |world| async move {
+            let servicenow = servicenow::ServiceNowEmulator::start(
+                servicenow::EmulatorConfig::default()
+                    .with_user("itsmc", "the-password")
+                    .with_oauth_client("itsmc-client", "the-client-secret"),
+            );
+            world.vault.put_secret("prod-password", "the-password");
+            world.vault.put_secret("prod-client-secret", "the-client-secret");
+            let intake = intake_with_vault(&world, &servicenow, true);
+            let options = itsmc::intake::Options::default();
+            intake.accept(alert("r1").as_bytes(), &options).await.expect("created");
+            assert_eq!(servicenow.token_grants(), ["password"], "no refresh token in the vault yet: the password");
+            let mut written = None;
+            for _ in 0..100 {
+                written = world.vault.latest("prod-refresh-token");
+                if written.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let written = written.expect("the refresh token was written back");
+            assert!(!written.is_empty());
+
+            // A new instance (nothing cached) starts from the written-back refresh token, not the password.
+            let restarted = intake_with_vault(&world, &servicenow, true);
+            restarted.accept(alert("r2").as_bytes(), &options).await.expect("created");
+            assert_eq!(servicenow.token_grants(), ["password", "refresh_token"]);
+        },
+    );
 }

@@ -82,9 +82,15 @@ pub trait Connector: Send + Sync {
 }
 
 /// Build the connector for a configured connection.
-pub fn connect(connection: &Connection, client: reqwest::Client, journal: Arc<dry_run::Journal>) -> Arc<dyn Connector> {
+/// The connector for a connection; `vault` holds the secrets its settings leave out.
+pub fn connect(
+    connection: &Connection,
+    client: reqwest::Client,
+    journal: Arc<dry_run::Journal>,
+    vault: Option<Arc<crate::secrets::Secrets>>,
+) -> Arc<dyn Connector> {
     match &connection.product {
         Product::DryRun => Arc::new(dry_run::DryRun::new(connection, journal)),
-        Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client)),
+        Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client, vault)),
     }
 }

@@ -238,6 +238,13 @@ impl ServiceNowEmulator {
     }
 
     /// While down, every request (OAuth included) gets 503 with a ServiceNow-style error body.
+    /// An administrator changes a user's password; tokens already issued stay valid, as in ServiceNow.
+    pub fn set_password(&self, username: &str, password: &str) {
+        let mut instance = self.lock();
+        instance.users.retain(|(known, _)| known != username);
+        instance.users.push((username.to_owned(), password.to_owned()));
+    }
+
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
     }

@@ -3,14 +3,20 @@
 //! The access token is cached until shortly before it expires, renewed with the refresh token, and
 //! minted again with the password when the refresh token is refused. Only one renewal runs at a time, so
 //! an alert storm that finds the token expired makes one token request, not thousands.
+//!
+//! Credentials the settings leave out come from Key Vault ([`crate::secrets`], cached there). When
+//! ServiceNow refuses them, [`Auth::reload`] reads them again once, since an operator may have rotated the
+//! password in the vault; and a refresh token ServiceNow hands out is written back to the vault, so the next
+//! instance (or restart) starts from it instead of the password.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::{Secret, ServiceNowAuth};
+use crate::config::{Secret, SecretSetting, ServiceNowAuth};
 use crate::itsm::ItsmError;
+use crate::secrets::{SecretError, Secrets};
 
 use super::client::{retry_after, transport_error};
 
@@ -24,6 +30,7 @@ struct Token {
 
 pub struct Auth {
     settings: ServiceNowAuth,
+    vault: Option<Arc<Secrets>>,
     token_url: String,
     token: RwLock<Option<Token>>,
     renewing: tokio::sync::Mutex<()>,
@@ -37,9 +44,10 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(settings: ServiceNowAuth, base_url: &str) -> Auth {
+    pub fn new(settings: ServiceNowAuth, base_url: &str, vault: Option<Arc<Secrets>>) -> Auth {
         Auth {
             settings,
+            vault,
             token_url: format!("{base_url}/oauth_token.do"),
             token: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
@@ -57,7 +65,9 @@ impl Auth {
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, ItsmError> {
         match &self.settings {
-            ServiceNowAuth::Basic { username, password } => Ok(request.basic_auth(username, Some(password.expose()))),
+            ServiceNowAuth::Basic { username, password } => {
+                Ok(request.basic_auth(username, Some(self.secret(password).await?.expose())))
+            }
             ServiceNowAuth::OAuth { .. } => {
                 let token = match self.current() {
                     Some(token) => token,
@@ -65,6 +75,40 @@ impl Auth {
                 };
                 Ok(request.bearer_auth(token.expose()))
             }
+        }
+    }
+
+    /// ServiceNow refused our credentials: read the Key Vault ones again, once, in case they were rotated.
+    /// `true` when one of them changed, so that the refused request is worth sending again.
+    pub async fn reload(&self) -> bool {
+        let (ServiceNowAuth::Basic { password, .. } | ServiceNowAuth::OAuth { password, .. }) = &self.settings;
+        let client_secret = match &self.settings {
+            ServiceNowAuth::OAuth { client_secret, .. } => Some(client_secret),
+            ServiceNowAuth::Basic { .. } => None,
+        };
+        let (Some(vault), mut changed) = (&self.vault, false) else { return false };
+        for setting in [Some(password), client_secret].into_iter().flatten() {
+            let SecretSetting::KeyVault(name) = setting else { continue };
+            let before = vault.get(name).await.ok();
+            match vault.reload(name).await {
+                Ok(now) => changed |= before.as_ref() != Some(&now),
+                Err(e) => tracing::warn!(error = %e, "could not read a ServiceNow credential from Key Vault again"),
+            }
+        }
+        if changed {
+            tracing::info!("a ServiceNow credential changed in Key Vault; trying it");
+            self.forget_access_token();
+        }
+        changed
+    }
+
+    async fn secret(&self, setting: &SecretSetting) -> Result<Secret, ItsmError> {
+        match (setting, &self.vault) {
+            (SecretSetting::Value(secret), _) => Ok(secret.clone()),
+            (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(vault_error),
+            (SecretSetting::KeyVault(name), None) => Err(ItsmError::Auth(format!(
+                "the credential {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set"
+            ))),
         }
     }
 
@@ -87,10 +131,16 @@ impl Auth {
         if let Some(token) = self.current() {
             return Ok(token);
         }
-        let ServiceNowAuth::OAuth { username, password, client_id, client_secret } = &self.settings else {
+        let ServiceNowAuth::OAuth { username, password, client_id, client_secret, refresh_token } = &self.settings
+        else {
             unreachable!("renew is only called for OAuth");
         };
-        let refresh = self.token.read().ok().and_then(|g| g.as_ref().and_then(|t| t.refresh.clone()));
+        let client_secret = self.secret(client_secret).await?;
+        let mut refresh = self.token.read().ok().and_then(|g| g.as_ref().and_then(|t| t.refresh.clone()));
+        if let (None, Some(name), Some(vault)) = (&refresh, refresh_token, &self.vault) {
+            // Written back by this or another instance; absent until ServiceNow first hands one out.
+            refresh = vault.get(name).await.ok().filter(|token| !token.expose().is_empty());
+        }
         if let Some(refresh) = refresh {
             let form = [
                 ("grant_type", "refresh_token"),
@@ -107,6 +157,7 @@ impl Auth {
                 Err(other) => return Err(other),
             }
         }
+        let password = self.secret(password).await?;
         let form = [
             ("grant_type", "password"),
             ("client_id", client_id.as_str()),
@@ -127,9 +178,23 @@ impl Auth {
     fn keep(&self, response: TokenResponse, previous_refresh: Option<Secret>) -> Secret {
         let lifetime = Duration::from_secs(response.expires_in.unwrap_or(1800));
         let margin = (lifetime / 10).min(Duration::from_secs(60));
+        let handed_out =
+            response.refresh_token.map(Secret::new).filter(|token| Some(token) != previous_refresh.as_ref());
+        if let (Some(token), ServiceNowAuth::OAuth { refresh_token: Some(name), .. }, Some(vault)) =
+            (&handed_out, &self.settings, &self.vault)
+        {
+            // In the background: the alert in hand needs the access token, not the write.
+            let (vault, name, token) = (Arc::clone(vault), name.clone(), token.clone());
+            tokio::spawn(async move {
+                match vault.set(&name, &token).await {
+                    Ok(()) => tracing::info!(secret = name, "wrote ServiceNow's new refresh token back to Key Vault"),
+                    Err(e) => tracing::warn!(error = %e, "could not write ServiceNow's new refresh token to Key Vault"),
+                }
+            });
+        }
         let token = Token {
             access: Secret::new(response.access_token),
-            refresh: response.refresh_token.map(Secret::new).or(previous_refresh),
+            refresh: handed_out.or(previous_refresh),
             renew_at: Instant::now() + lifetime - margin,
         };
         let access = token.access.clone();
@@ -173,5 +238,15 @@ impl Auth {
                 retry_after: retry,
             }),
         }
+    }
+}
+
+/// A Key Vault failure as the outbox sees it: an outage is retried; anything else needs the operator, and
+/// is retried too (like a refused password), with the vault's advice in the message.
+fn vault_error(error: SecretError) -> ItsmError {
+    if error.is_transient() {
+        ItsmError::Transient { message: error.to_string(), retry_after: None }
+    } else {
+        ItsmError::Auth(error.to_string())
     }
 }

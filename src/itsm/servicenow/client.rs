@@ -20,8 +20,17 @@ impl Client {
         Client { base_url, http, auth }
     }
 
-    /// Send the request; on a 401 to an OAuth token, renew the token and send it once more.
+    /// Send the request. Refused credentials are read from Key Vault again, once, and when they changed
+    /// (rotated) the request goes once more.
     pub async fn send(&self, request: &Request) -> Result<Value, ItsmError> {
+        match self.send_once(request).await {
+            Err(ItsmError::Auth(_)) if self.auth.reload().await => self.send_once(request).await,
+            answer => answer,
+        }
+    }
+
+    /// Send the request; on a 401 to an OAuth token, renew the token and send it once more.
+    async fn send_once(&self, request: &Request) -> Result<Value, ItsmError> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
         let url = format!("{}{}", self.base_url, request.path);
         let mut renewed = false;

@@ -7,11 +7,14 @@ mod auth;
 mod client;
 pub mod requests;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::{Connection, ServiceNowSettings};
 use crate::itsm::{Connector, Found, ItsmError, WorkItem};
+use crate::secrets::Secrets;
 use crate::workitem::{Content, WorkItemType};
 
 pub struct ServiceNow {
@@ -20,8 +23,13 @@ pub struct ServiceNow {
 }
 
 impl ServiceNow {
-    pub fn new(connection: &Connection, settings: &ServiceNowSettings, http: reqwest::Client) -> ServiceNow {
-        let auth = auth::Auth::new(settings.auth.clone(), &settings.url);
+    pub fn new(
+        connection: &Connection,
+        settings: &ServiceNowSettings,
+        http: reqwest::Client,
+        vault: Option<Arc<Secrets>>,
+    ) -> ServiceNow {
+        let auth = auth::Auth::new(settings.auth.clone(), &settings.url, vault);
         ServiceNow { connection: connection.clone(), client: client::Client::new(settings.url.clone(), http, auth) }
     }
 
