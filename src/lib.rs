@@ -27,24 +27,22 @@ pub struct App {
 
 impl App {
     /// Open the store and build the clients; errors name what to fix.
-    pub fn start(config: config::Config) -> Result<App, String> {
-        let config::StateSettings::Embedded { data_dir } = &config.state else {
-            return Err("Table Storage state is not wired in yet".into());
-        };
-        let store = store::EmbeddedStore::open(data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
+    pub async fn start(config: config::Config) -> Result<App, String> {
         let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
+        let store = open_store(&config, &http).await?;
         let entra =
             config.entra.clone().map(|settings| Arc::new(server::entra::EntraValidator::new(settings, http.clone())));
         let vault = match &config.key_vault {
             Some(settings) => {
-                let credential = secrets::credential(http.clone(), settings.client_id.as_deref()).map_err(|e| e.to_string())?;
+                let credential =
+                    secrets::credential(http.clone(), settings.client_id.as_deref()).map_err(|e| e.to_string())?;
                 let vault = secrets::Secrets::key_vault(&settings.url, credential, http.clone())
                     .map_err(|e| format!("ITSMC_KEY_VAULT_URL: {e}"))?;
                 Some(Arc::new(vault))
             }
             None => None,
         };
-        let intake = Arc::new(intake::Intake::new(Arc::new(config), Arc::new(store), http, vault));
+        let intake = Arc::new(intake::Intake::new(Arc::new(config), store, http, vault));
         Ok(App { intake, entra })
     }
 
@@ -52,4 +50,27 @@ impl App {
     pub fn router(&self) -> axum::Router {
         server::router(Arc::clone(&self.intake), self.entra.clone())
     }
+}
+
+/// The store the settings choose (see [`config::StateSettings`]); Table Storage tables are created if missing.
+async fn open_store(config: &config::Config, http: &reqwest::Client) -> Result<Arc<dyn store::Store>, String> {
+    use config::StateSettings;
+    let table = match &config.state {
+        StateSettings::Embedded { data_dir } => {
+            let store = store::EmbeddedStore::open(data_dir).map_err(|e| format!("ITSMC_DATA_DIR: {e}"))?;
+            return Ok(Arc::new(store));
+        }
+        StateSettings::TableConnectionString { connection_string, prefix } => {
+            store::TableStore::from_connection_string(connection_string.expose(), prefix, http.clone())
+                .map_err(|e| format!("AzureWebJobsStorage: {e}"))?
+        }
+        StateSettings::TableIdentity { endpoint, client_id, prefix } => {
+            let credential = secrets::credential(http.clone(), client_id.as_deref())
+                .map_err(|e| format!("AzureWebJobsStorage (identity): {e}"))?;
+            store::TableStore::with_credential(endpoint.clone(), credential, prefix, http.clone())
+                .map_err(|e| format!("AzureWebJobsStorage__tableServiceUri: {e}"))?
+        }
+    };
+    table.ensure_tables().await.map_err(|e| format!("AzureWebJobsStorage: {e}"))?;
+    Ok(Arc::new(table))
 }

@@ -58,15 +58,13 @@ async fn serve(port: Option<u16>) -> Result<(), String> {
             Err(_) => 7071,
         },
     };
-    let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?)?;
+    let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?).await?;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     tracing::info!(%address, store = %app.intake.store.describe(), "itsmc ready");
     let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
-    let served = axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal()).await;
     worker.abort();
     served.map_err(|e| format!("the server stopped: {e}"))
 }

@@ -355,13 +355,19 @@ async fn alg_none_is_refused_before_any_key_is_fetched() {
     let validator = validator(&emulator);
     let claims = emulator.v2_claims();
     let kid = TestKey::a().kid;
-    let rejection = refused_token(&validator, &support::entra::unsigned_token(&claims, &kid), "invalid_token", 401).await;
+    let rejection =
+        refused_token(&validator, &support::entra::unsigned_token(&claims, &kid), "invalid_token", 401).await;
     assert_reason(&rejection, "alg 'none'");
     // With a signature part anyway, and with the other spellings of "none".
     let signed = emulator.mint_v2();
     let signature = signed.rsplit('.').next().unwrap();
-    refused_token(&validator, &format!("{}{signature}", support::entra::unsigned_token(&claims, &kid)), "invalid_token", 401)
-        .await;
+    refused_token(
+        &validator,
+        &format!("{}{signature}", support::entra::unsigned_token(&claims, &kid)),
+        "invalid_token",
+        401,
+    )
+    .await;
     for alg in ["None", "NONE", "nOnE", ""] {
         let header = json!({ "typ": "JWT", "alg": alg, "kid": kid });
         let token = format!(
@@ -385,7 +391,8 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     let certificate_pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", key.certificate);
     for secret in [certificate_pem.as_bytes(), key.certificate.as_bytes(), key.n.as_bytes()] {
         let rejection =
-            refused_token(&validator, &support::entra::hs256_token(&claims, &key.kid, secret), "invalid_token", 401).await;
+            refused_token(&validator, &support::entra::hs256_token(&claims, &key.kid, secret), "invalid_token", 401)
+                .await;
         assert_reason(&rejection, "alg 'HS256', only RS256");
     }
     // Other algorithms too, even RSA ones.
@@ -420,7 +427,8 @@ async fn an_unknown_kid_refetches_the_keys_once_then_is_refused() {
     // Soon after, other unknown kids do not make another fetch.
     for kid in ["made-up-1", "made-up-2", "made-up-3"] {
         let key = TestKey::c().with_kid(kid);
-        refused_token(&validator, &key.sign(&support::entra::header_for(&claims, kid), &claims), "invalid_token", 401).await;
+        refused_token(&validator, &key.sign(&support::entra::header_for(&claims, kid), &claims), "invalid_token", 401)
+            .await;
     }
     assert_eq!(emulator.jwks_fetches(), 2);
     validator.check(Some(&bearer(&emulator.mint_v2()))).await.expect("known kid still accepted");
@@ -434,8 +442,13 @@ async fn unknown_kids_refetch_at_most_once_per_five_minutes_by_default() {
     let claims = emulator.v2_claims();
     for n in 0..20 {
         let key = TestKey::c().with_kid(&format!("junk-{n}"));
-        refused_token(&validator, &key.sign(&support::entra::header_for(&claims, &key.kid), &claims), "invalid_token", 401)
-            .await;
+        refused_token(
+            &validator,
+            &key.sign(&support::entra::header_for(&claims, &key.kid), &claims),
+            "invalid_token",
+            401,
+        )
+        .await;
     }
     assert_eq!((emulator.config_fetches(), emulator.jwks_fetches()), (1, 1));
 }

@@ -1,9 +1,10 @@
-//! The `Store` contract, run against every implementation, then what only the embedded store promises.
+//! The `Store` contract, run against every implementation, then what only one store promises.
 //!
 //! Each case of the contract is an async function over `Arc<dyn Store>` (or over a [`Fixture`] when it
 //! must reopen the same data). `store_suite!(backend, fixture)` expands one `#[tokio::test]` per case
-//! for a backend, so a second implementation (Azure Table Storage against Azurite) runs the same cases
-//! with one more line: `store_suite!(table_storage, azurite_fixture());` and its `Fixture`.
+//! for a backend, so the second implementation (Azure Table Storage against Azurite, `table_storage`) runs
+//! the same cases. What only one store promises follows the contract: the embedded store's files, then
+//! Table Storage's limits, filters, paging and authorization.
 //!
 //! The embedded-only tests re-execute this test binary as a child process (`child_process` below) to
 //! kill a writer mid-flight and to hold the database from another process.
@@ -89,6 +90,36 @@ macro_rules! store_suite {
 }
 
 store_suite!(embedded, embedded_fixture());
+
+#[path = "support/azurite.rs"]
+mod azurite;
+
+/// Azure Table Storage, on Azurite: tables of a prefix of this test's own, deleted when it passes (a failed
+/// test leaves them to look at).
+struct Azurite {
+    prefix: String,
+}
+
+#[async_trait]
+impl Fixture for Azurite {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(azurite::open(&self.prefix).await)
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            azurite::drop_tables_blocking(std::mem::take(&mut self.prefix));
+        }
+    }
+}
+
+async fn azurite_fixture() -> Azurite {
+    Azurite { prefix: azurite::fresh_prefix() }
+}
+
+store_suite!(table_storage, azurite_fixture());
 
 // ---- the contract ----
 
@@ -934,10 +965,522 @@ async fn failed_conditions_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let etag = inserted(store.insert(Table::Links, "k", &json!({"v": 1})).await.unwrap());
-    let log = std::fs::read(dir.path().join("itsmc.log")).unwrap();
+    // The writer keeps zeros written ahead of the last record, between batches and at its own pace: only
+    // what precedes them is written data.
+    let written = || {
+        let mut log = std::fs::read(dir.path().join("itsmc.log")).unwrap();
+        log.truncate(log.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1));
+        log
+    };
+    let log = written();
     assert!(matches!(store.insert(Table::Links, "k", &json!({})).await.unwrap(), Insert::Conflict(_)));
     assert!(matches!(store.replace(Table::Links, "k", &json!({}), "0").await.unwrap(), Swap::Stale(Some(_))));
     assert!(matches!(store.replace(Table::Links, "absent", &json!({}), &etag).await.unwrap(), Swap::Stale(None)));
     assert!(!store.delete(Table::Links, "k", "0").await.unwrap());
-    assert!(std::fs::read(dir.path().join("itsmc.log")).unwrap() == log, "the log changed");
+    assert!(written() == log, "the log changed");
+}
+
+// ---- Table Storage only ----
+
+mod table_storage_only {
+    use std::fmt::Debug;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+    use azure_core::time::OffsetDateTime;
+    use itsmc::store::TableStore;
+    use url::Url;
+
+    use super::*;
+
+    /// A store on Azurite over tables of this test's own, deleted when the test passes.
+    struct Tables {
+        store: Arc<TableStore>,
+        prefix: String,
+    }
+
+    impl Tables {
+        async fn new() -> Tables {
+            let prefix = azurite::fresh_prefix();
+            Tables { store: Arc::new(azurite::open(&prefix).await), prefix }
+        }
+    }
+
+    impl Drop for Tables {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                azurite::drop_tables_blocking(std::mem::take(&mut self.prefix));
+            }
+        }
+    }
+
+    /// A store whose endpoint accepts connections, counts them and closes them: whether an operation
+    /// sent anything shows in the count.
+    async fn counting_store() -> (TableStore, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, SeqCst);
+                drop(socket);
+            }
+        });
+        let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+        let store = TableStore::from_connection_string(
+            &azurite::connection_string_for(&endpoint),
+            "itsmc",
+            azurite::http_client(),
+        )
+        .unwrap();
+        (store, connections)
+    }
+
+    /// The message of a refusal made before sending anything.
+    fn refused<T: Debug>(outcome: Result<T, StoreError>, what: &str) -> String {
+        match outcome {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("nothing was sent"), "{what}: {message}");
+                message
+            }
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    const SOME_ETAG: &str = "W/\"datetime'2026-01-01T00%3A00%3A00.0000000Z'\"";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forbidden_keys_are_refused_without_a_request() {
+        let (store, connections) = counting_store().await;
+        let long = "x".repeat(513);
+        for key in ["a/b", "a\\b", "a#b", "a?b", "nul\0", "line\nbreak", "del\u{7f}", "c1\u{85}", &long] {
+            let message = refused(store.get(Table::Links, key).await, key);
+            assert!(message.contains("does not allow") || message.contains("513 UTF-16"), "{message}");
+            refused(store.insert(Table::Links, key, &json!({})).await, key);
+            refused(store.replace(Table::Links, key, &json!({}), SOME_ETAG).await, key);
+            refused(store.delete(Table::Links, key, SOME_ETAG).await, key);
+            refused(store.scan(Table::Links, None, Some(key), 10).await, key);
+        }
+        assert_eq!(connections.load(SeqCst), 0, "a refused key was sent");
+        // The count does count: a valid key is sent (and fails, as nothing answers).
+        assert!(matches!(store.get(Table::Links, "ok").await, Err(StoreError::Unavailable(_))));
+        assert!(connections.load(SeqCst) >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_with_odd_but_allowed_characters_round_trip() {
+        let tables = Tables::new().await;
+        let store = &tables.store;
+        let mut odd: Vec<String> = [
+            "it's",
+            "'",
+            "''",
+            "a,b",
+            "(x)",
+            "k=v",
+            "100%",
+            "50%25",
+            "sp ace",
+            "+plus",
+            "&amp;",
+            "ünï",
+            "東京",
+            "🔥",
+            "~!@$^*[]{}|;:\"<>`",
+            "",
+        ]
+        .map(String::from)
+        .into();
+        odd.push("x".repeat(512));
+        let mut etags = BTreeMap::new();
+        for key in &odd {
+            let etag = inserted(store.insert(Table::Links, key, &json!({"key": key})).await.unwrap());
+            assert_eq!(store.get(Table::Links, key).await.unwrap(), Some(entry(key, &etag, json!({"key": key}))));
+            let etag = replaced(store.replace(Table::Links, key, &json!({"key": key, "v": 2}), &etag).await.unwrap());
+            etags.insert(key.clone(), etag);
+        }
+        // In key order (none of these keys has characters whose UTF-16 order differs from `str`'s).
+        odd.sort();
+        let all = scan_all(&**store, Table::Links, None, 7).await;
+        assert_eq!(keys(&all), odd.iter().map(String::as_str).collect::<Vec<_>>());
+        for (key, etag) in &etags {
+            assert!(store.delete(Table::Links, key, etag).await.unwrap(), "{key:?}");
+            assert_eq!(store.get(Table::Links, key).await.unwrap(), None, "{key:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_over_the_limits_are_refused_without_a_request() {
+        let (store, connections) = counting_store().await;
+        let big = json!({"body": "x".repeat(2 * 1024 * 1024)});
+        let message = refused(store.insert(Table::Deliveries, "big", &big).await, "2 MiB");
+        assert!(message.contains("too large") && message.contains("1 MiB"), "{message}");
+        refused(store.replace(Table::Deliveries, "big", &big, SOME_ETAG).await, "2 MiB");
+        let wide: serde_json::Map<String, Value> = (0..300).map(|i| (format!("field{i}"), json!("v"))).collect();
+        let message = refused(store.insert(Table::Deliveries, "wide", &Value::Object(wide)).await, "300 fields");
+        assert!(message.contains("300 top-level string fields"), "{message}");
+        assert_eq!(connections.load(SeqCst), 0, "an over-limit value was sent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_near_the_limit_fit_and_over_limit_writes_change_nothing() {
+        let tables = Tables::new().await;
+        let store = &tables.store;
+        // 740,000 bytes of JSON, in 12 parts, much of it not ASCII or escaped: a request of about 988,000 bytes.
+        let body = format!("{}{}", "é".repeat(190_000), "x'\"\\".repeat(60_000));
+        let large = json!({"state": "pending", "body": body, "nested": {"list": [1, "two", {"three": 3.5}]}});
+        let etag = inserted(store.insert(Table::Deliveries, "large", &large).await.unwrap());
+        assert_eq!(store.get(Table::Deliveries, "large").await.unwrap(), Some(entry("large", &etag, large.clone())));
+        let pending = Some(Filter { field: "state", value: "pending" });
+        assert_eq!(keys(&scan_all(&**store, Table::Deliveries, pending, 10).await), ["large"]);
+        let long_body = Some(Filter { field: "body", value: large["body"].as_str().unwrap() });
+        assert_eq!(keys(&scan_all(&**store, Table::Deliveries, long_body, 10).await), ["large"]);
+
+        let too_large = json!({"body": "x".repeat(800_000)});
+        refused(store.replace(Table::Deliveries, "large", &too_large, &etag).await, "replace");
+        refused(store.insert(Table::Deliveries, "too-large", &too_large).await, "insert");
+        assert_eq!(store.get(Table::Deliveries, "large").await.unwrap(), Some(entry("large", &etag, large)));
+        assert_eq!(store.get(Table::Deliveries, "too-large").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn filters_match_quoted_long_and_odd_values_exactly() {
+        let tables = Tables::new().await;
+        let store = &tables.store;
+        let long = format!("{}'{}", "x".repeat(300), "y");
+        let values = [
+            "it's",
+            "'",
+            "''",
+            "it''s",
+            "'quoted'",
+            "a'b'c",
+            "sha256:0000",
+            "line\nbreak",
+            &long,
+            "東京's",
+            "",
+            " and RowKey gt '",
+        ];
+        for (i, value) in values.iter().enumerate() {
+            let doc = json!({"state": value, "odd-name": value, "é": value, "i": i});
+            inserted(store.insert(Table::Deliveries, &format!("k{i:02}"), &doc).await.unwrap());
+        }
+        // Near misses: a prefix, a nested field, a number, the same text in another field.
+        inserted(store.insert(Table::Deliveries, "near1", &json!({"state": "it"})).await.unwrap());
+        inserted(store.insert(Table::Deliveries, "near2", &json!({"nested": {"state": "it's"}})).await.unwrap());
+        inserted(store.insert(Table::Deliveries, "near3", &json!({"other": "it's", "state": 1})).await.unwrap());
+        for (i, value) in values.iter().enumerate() {
+            for field in ["state", "odd-name", "é"] {
+                let found = scan_all(&**store, Table::Deliveries, Some(Filter { field, value }), 10).await;
+                assert_eq!(keys(&found), [format!("k{i:02}")], "{field} = {value:?}");
+            }
+        }
+        let nobody = Some(Filter { field: "missing", value: "it's" });
+        assert_eq!(scan_all(&**store, Table::Deliveries, nobody, 10).await, vec![]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scans_follow_the_services_pages() {
+        // Azurite answers at most 1,000 entities a request.
+        const N: usize = 1234;
+        let tables = Tables::new().await;
+        let store = &tables.store;
+        let mut writers = JoinSet::new();
+        for writer in 0..16 {
+            let store = store.clone();
+            writers.spawn(async move {
+                for i in (writer..N).step_by(16) {
+                    // An odd multiplier permutes the keys, so insertion order is not key order.
+                    let key = format!("{:04x}", i * 7919 % 65536);
+                    let state = if i % 2 == 0 { "pending" } else { "done" };
+                    inserted(store.insert(Table::Links, &key, &json!({"state": state, "i": i})).await.unwrap());
+                }
+            });
+        }
+        writers.join_all().await;
+        let mut expected: Vec<String> = (0..N).map(|i| format!("{:04x}", i * 7919 % 65536)).collect();
+        expected.sort();
+
+        // One page of 1,100 takes two of the service's.
+        let first = store.scan(Table::Links, None, None, 1100).await.unwrap();
+        assert_eq!(keys(&first.entries), expected[..1100].iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(first.continuation.as_deref(), Some(expected[1099].as_str()));
+        let rest = store.scan(Table::Links, None, first.continuation.as_deref(), 1100).await.unwrap();
+        assert_eq!(keys(&rest.entries), expected[1100..].iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(rest.continuation, None);
+        // Exactly what there is: no continuation, so no empty page after it.
+        let whole = store.scan(Table::Links, None, None, N).await.unwrap();
+        assert_eq!((whole.entries.len(), whole.continuation), (N, None));
+        assert_eq!(scan_all(&**store, Table::Links, None, 1000).await, whole.entries);
+
+        let pending = Some(Filter { field: "state", value: "pending" });
+        let found = scan_all(&**store, Table::Links, pending, 250).await;
+        assert_eq!(found.len(), N / 2);
+        assert!(found.windows(2).all(|w| w[0].key < w[1].key), "not in key order");
+        assert!(found.iter().all(|e| e.value["i"].as_u64().unwrap() % 2 == 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_inserts_of_one_key_make_one_winner() {
+        const WRITERS: usize = 64;
+        let tables = Tables::new().await;
+        for round in 0..10 {
+            let key = format!("race-{round}");
+            let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+            let mut tasks = JoinSet::new();
+            for writer in 0..WRITERS {
+                let (store, barrier, key) = (tables.store.clone(), barrier.clone(), key.clone());
+                tasks.spawn(async move {
+                    barrier.wait().await;
+                    (writer, store.insert(Table::Links, &key, &json!({"writer": writer})).await.unwrap())
+                });
+            }
+            let outcomes = tasks.join_all().await;
+            let winners: Vec<_> = outcomes
+                .iter()
+                .filter_map(|(writer, outcome)| match outcome {
+                    Insert::Inserted { etag } => Some((*writer, etag.clone())),
+                    Insert::Conflict(_) => None,
+                })
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            let (writer, etag) = &winners[0];
+            let stored = tables.store.get(Table::Links, &key).await.unwrap().unwrap();
+            assert_eq!(stored, entry(&key, etag, json!({"writer": writer})));
+            for (_, outcome) in &outcomes {
+                if let Insert::Conflict(current) = outcome {
+                    assert_eq!(current, &stored, "round {round}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn describe_and_debug_never_show_the_key() {
+        let tables = Tables::new().await;
+        let endpoint = azurite::table_endpoint();
+        let description = tables.store.describe();
+        assert_eq!(
+            description,
+            format!("table storage ({}, prefix {})", endpoint.trim_end_matches('/'), tables.prefix)
+        );
+        let debug = format!("{:?}", tables.store);
+        assert!(!debug.contains(azurite::DEV_KEY) && !debug.contains("Eby8vdM02x"), "{debug}");
+        assert!(debug.contains(&tables.prefix), "{debug}");
+    }
+
+    // -- against a stand-in for the service, for answers Azurite does not give --
+
+    /// What the stand-in answers for a request: status, headers and body.
+    type Answer = (u16, Vec<(&'static str, String)>, String);
+
+    /// Requests the stand-in saw: method, path and Authorization header.
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    /// A stand-in for the Table service on loopback, answering every request with `answer`.
+    async fn stand_in(answer: fn(&str, &str) -> Answer) -> (Url, Seen) {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let handler = move |method: http::Method, uri: http::Uri, headers: http::HeaderMap| {
+            let log = log.clone();
+            async move {
+                let authorization =
+                    headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                assert!(headers.get("x-ms-version").is_some() && headers.get("x-ms-date").is_some());
+                log.lock().unwrap().push((method.to_string(), uri.path().to_owned(), authorization));
+                let (status, extra, body) = answer(method.as_str(), uri.path());
+                let mut response = http::Response::builder().status(status);
+                for (name, value) in extra {
+                    response = response.header(name, value);
+                }
+                response.body(axum::body::Body::from(body)).unwrap()
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/devstoreaccount1", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (url, seen)
+    }
+
+    fn error_answer(status: u16, code: &str, message: &str) -> Answer {
+        let body = json!({"odata.error": {"code": code, "message": {"lang": "en-US", "value": format!("{message}\nRequestId:0\nTime:now")}}});
+        (
+            status,
+            vec![("x-ms-error-code", code.to_owned()), ("content-type", "application/json".into())],
+            body.to_string(),
+        )
+    }
+
+    /// Tables exist, no entity does.
+    fn empty_service(method: &str, path: &str) -> Answer {
+        match (method, path.ends_with("/Tables")) {
+            ("POST", true) => (204, vec![], String::new()),
+            _ => error_answer(404, "ResourceNotFound", "The specified resource does not exist."),
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeCredential {
+        calls: AtomicUsize,
+        lifetime: azure_core::time::Duration,
+        fail: AtomicBool,
+        scopes: Mutex<Vec<String>>,
+    }
+
+    impl FakeCredential {
+        fn new(lifetime: azure_core::time::Duration) -> Arc<FakeCredential> {
+            Arc::new(FakeCredential {
+                calls: AtomicUsize::new(0),
+                lifetime,
+                fail: AtomicBool::new(false),
+                scopes: Mutex::default(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl TokenCredential for FakeCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _options: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            self.scopes.lock().unwrap().extend(scopes.iter().map(|s| s.to_string()));
+            if self.fail.load(SeqCst) {
+                return Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Credential,
+                    "the identity endpoint refused",
+                ));
+            }
+            let n = self.calls.fetch_add(1, SeqCst) + 1;
+            Ok(AccessToken::new(format!("token-{n}"), OffsetDateTime::now_utc() + self.lifetime))
+        }
+    }
+
+    #[tokio::test]
+    async fn entra_tokens_are_cached_and_renewed_before_expiry() {
+        let (url, seen) = stand_in(empty_service).await;
+        let credential = FakeCredential::new(azure_core::time::Duration::hours(1));
+        let store =
+            TableStore::with_credential(url.clone(), credential.clone(), "itsmc", azurite::http_client()).unwrap();
+        store.ensure_tables().await.unwrap();
+        for key in ["a", "b", "c"] {
+            assert_eq!(store.get(Table::Links, key).await.unwrap(), None);
+        }
+        assert_eq!(credential.calls.load(SeqCst), 1, "the token was not reused");
+        assert!(credential.scopes.lock().unwrap().iter().all(|s| s == "https://storage.azure.com/.default"));
+        let requests = seen.lock().unwrap().clone();
+        assert_eq!(requests.len(), 5);
+        assert!(requests.iter().all(|(_, _, auth)| auth == "Bearer token-1"), "{requests:?}");
+        assert_eq!(requests[0].1, "/devstoreaccount1/Tables");
+        assert_eq!(requests[2].1, "/devstoreaccount1/itsmclinks(PartitionKey='a',RowKey='a')");
+
+        // Tokens that expire within the renewal margin are asked for again at each request.
+        let short = FakeCredential::new(azure_core::time::Duration::minutes(2));
+        let store = TableStore::with_credential(url.clone(), short.clone(), "itsmc", azurite::http_client()).unwrap();
+        for key in ["a", "b", "c"] {
+            store.get(Table::Links, key).await.unwrap();
+        }
+        assert_eq!(short.calls.load(SeqCst), 3);
+        assert_eq!(seen.lock().unwrap().last().unwrap().2, "Bearer token-3");
+
+        // No token: nothing is sent, and the error says what to check.
+        let before = seen.lock().unwrap().len();
+        short.fail.store(true, SeqCst);
+        match store.get(Table::Links, "a").await {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("identity endpoint refused"), "{message}");
+                assert!(message.contains("Storage Table Data Contributor"), "{message}");
+                assert!(!message.contains("token-"), "{message}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), before);
+
+        // A bearer token never travels in clear text beyond loopback.
+        let plain = Url::parse("http://contoso.table.core.windows.net").unwrap();
+        let refused = TableStore::with_credential(plain, credential, "itsmc", azurite::http_client()).unwrap_err();
+        assert!(refused.to_string().contains("https://"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn service_failures_say_what_to_check() {
+        fn answer(method: &str, path: &str) -> Answer {
+            let entity = |body: Value| (200, vec![("etag", SOME_ETAG.to_owned())], body.to_string());
+            match path.split('/').nth(2).unwrap_or_default() {
+                p if p.starts_with("busy") => error_answer(503, "ServerBusy", "The server is busy."),
+                p if p.starts_with("throttled") => error_answer(429, "TooManyRequests", "Slow down."),
+                p if p.starts_with("denied") => {
+                    (403, vec![("x-ms-error-code", "AuthenticationFailed".into())], String::new())
+                }
+                p if p.starts_with("missing") => {
+                    error_answer(404, "TableNotFound", "The table specified does not exist.")
+                }
+                p if p.starts_with("garbage") && method == "GET" => (200, vec![], "<html>captive portal</html>".into()),
+                p if p.starts_with("alien") && method == "GET" => {
+                    entity(json!({"PartitionKey": "k", "RowKey": "k", "Name": "x"}))
+                }
+                p if p.starts_with("newer") && method == "GET" => {
+                    entity(json!({"PartitionKey": "k", "RowKey": "k", "Layout": 2, "Parts": 1, "J0": "e30="}))
+                }
+                _ => (204, vec![("etag", SOME_ETAG.to_owned())], String::new()),
+            }
+        }
+        let (url, _) = stand_in(answer).await;
+        let connection_string = azurite::connection_string_for(url.as_str());
+        let open = |prefix: &str| {
+            TableStore::from_connection_string(&connection_string, prefix, azurite::http_client()).unwrap()
+        };
+        let unavailable = |outcome: Result<Option<Entry>, StoreError>| match outcome {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(!message.contains(azurite::DEV_KEY), "{message}");
+                message
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+        let message = unavailable(open("busy").get(Table::Links, "k").await);
+        assert!(message.contains("503") && message.contains("ServerBusy") && message.contains("busy;"), "{message}");
+        let message = unavailable(open("throttled").get(Table::Links, "k").await);
+        assert!(message.contains("429") && message.contains("throttling"), "{message}");
+        let message = unavailable(open("denied").get(Table::Links, "k").await);
+        assert!(message.contains("403") && message.contains("AccountKey"), "{message}");
+        let message = unavailable(open("missing").get(Table::Links, "k").await);
+        assert!(message.contains("TableNotFound") && message.contains("table prefix"), "{message}");
+        // A missing table is not a missing entity, for writes either.
+        assert!(matches!(
+            open("missing").replace(Table::Links, "k", &json!({}), SOME_ETAG).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(open("missing").delete(Table::Links, "k", SOME_ETAG).await, Err(StoreError::Unavailable(_))));
+
+        assert!(matches!(open("garbage").get(Table::Links, "k").await, Err(StoreError::Corrupt(_))));
+        match open("alien").get(Table::Links, "k").await {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("not written by itsmc"), "{message}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        match open("newer").get(Table::Links, "k").await {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("layout 2"), "{message}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+
+        // Nothing listening at all.
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let store = TableStore::from_connection_string(
+            &azurite::connection_string_for(&format!("http://127.0.0.1:{closed}/devstoreaccount1")),
+            "itsmc",
+            azurite::http_client(),
+        )
+        .unwrap();
+        let message = unavailable(store.get(Table::Links, "k").await);
+        assert!(message.contains("could not connect") && message.contains("check that the endpoint"), "{message}");
+        let message = unavailable(store.ensure_tables().await.map(|()| None));
+        assert!(message.contains("creating table itsmclinks"), "{message}");
+    }
 }

@@ -7,10 +7,8 @@
 //! Table Storage store of issue 3 pass the same test suite.
 
 mod embedded;
-#[cfg(feature = "wip-table")]
 mod table;
 
-#[cfg(feature = "wip-table")]
 pub use table::TableStore;
 
 pub use embedded::EmbeddedStore;

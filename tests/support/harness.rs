@@ -49,7 +49,7 @@ impl Itsmc {
         env.insert("ITSMC_DATA_DIR".into(), dir.display().to_string());
         env.entry("ITSMC_OUTBOX_BACKOFF_MS".into()).or_insert_with(|| "50".into());
         let config = Config::from_lookup(|name| env.get(name).cloned()).expect("valid test configuration");
-        let app = itsmc::App::start(config).expect("itsmc starts");
+        let app = itsmc::App::start(config).await.expect("itsmc starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let router = app.router();
