@@ -87,6 +87,27 @@ pub struct ServiceNowSettings {
     /// Instance base URL without a trailing slash, e.g. `https://contoso.service-now.com`.
     pub url: String,
     pub auth: ServiceNowAuth,
+    pub refresh_token: RefreshTokenPolicy,
+}
+
+/// When to warn that an OAuth refresh token is about to run out. ServiceNow does not say when a refresh
+/// token expires: its lifespan is a setting of the OAuth application (Refresh Token Lifespan, 100 days by
+/// default), which itsmc is told here, and counted from when the token was handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshTokenPolicy {
+    /// `ITSMC_REFRESH_TOKEN_LIFESPAN_SECS`, as ServiceNow's setting is given.
+    pub lifespan: Duration,
+    /// `ITSMC_REFRESH_TOKEN_WARN_DAYS`: warn this long before the lifespan ends.
+    pub warn_before: Duration,
+}
+
+fn refresh_token_policy(lookup: &impl Fn(&str) -> Option<String>) -> Result<RefreshTokenPolicy, ConfigError> {
+    let lifespan = parse_number(lookup, "ITSMC_REFRESH_TOKEN_LIFESPAN_SECS", 8_640_000, 60, 10 * 365 * 86_400)?;
+    let warn_days = parse_number(lookup, "ITSMC_REFRESH_TOKEN_WARN_DAYS", 14, 0, 3_650)?;
+    Ok(RefreshTokenPolicy {
+        lifespan: Duration::from_secs(lifespan),
+        warn_before: Duration::from_secs(warn_days * 86_400),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -385,7 +406,7 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
                 vault_names: vault.then(|| crate::secrets::SecretNames::for_connection(&name)),
             };
             let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
-            Product::ServiceNow(ServiceNowSettings { url, auth })
+            Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
         }
         Some(other) => {
             return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
@@ -523,7 +544,11 @@ fn connections_from_toml(
                 };
                 let auth = servicenow_auth(&format!("{at}."), c.username, given)
                     .map_err(|e| invalid(e.setting.to_ascii_lowercase(), e.message))?;
-                Product::ServiceNow(ServiceNowSettings { url: servicenow_url(&format!("{at}.url"), &raw)?, auth })
+                Product::ServiceNow(ServiceNowSettings {
+                    url: servicenow_url(&format!("{at}.url"), &raw)?,
+                    auth,
+                    refresh_token: refresh_token_policy(lookup)?,
+                })
             }
             other => {
                 return Err(invalid(

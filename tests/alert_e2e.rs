@@ -317,6 +317,36 @@ async fn a_rejected_work_item_is_dead_lettered_and_listed() {
     assert_eq!(dead[0]["rule"], "test-metricAlertRule");
 }
 
+/// ServiceNow does not say when a refresh token ends: itsmc counts the configured lifespan from when it was
+/// handed out, and the health route warns inside the warning window.
+#[tokio::test]
+async fn health_warns_before_the_refresh_token_runs_out() {
+    let sn = emulator();
+    let oauth = [("ITSMC_CLIENT_ID", CLIENT_ID), ("ITSMC_CLIENT_SECRET", CLIENT_SECRET)];
+    let relaxed = itsmc_basic(&sn, &oauth).await;
+    let (_, health) = relaxed.get("/api/health").await;
+    assert!(health["connections"][0]["credentials"].is_null(), "no token yet: {health}");
+    relaxed.alert("", &fired("w1", "2026-11-25T12:00:00Z")).await;
+    let (_, health) = relaxed.get("/api/health").await;
+    assert_eq!(health["connections"][0]["credentials"]["refreshTokenExpiresSoon"], false, "{health}");
+    assert_eq!(health["warnings"], json!([]));
+
+    // A 2-day lifespan, warned of 3 days ahead: due at once.
+    let settings =
+        [oauth[0], oauth[1], ("ITSMC_REFRESH_TOKEN_LIFESPAN_SECS", "172800"), ("ITSMC_REFRESH_TOKEN_WARN_DAYS", "3")];
+    let due = itsmc_basic(&sn, &settings).await;
+    due.alert("", &fired("w2", "2026-11-25T12:00:00Z")).await;
+    let (_, health) = due.get("/api/health").await;
+    let credentials = &health["connections"][0]["credentials"];
+    assert_eq!(credentials["refreshTokenExpiresSoon"], true, "{health}");
+    let ends = chrono::DateTime::parse_from_rfc3339(credentials["refreshTokenEndsAt"].as_str().unwrap()).unwrap();
+    let left = ends.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(left > chrono::Duration::hours(47) && left <= chrono::Duration::hours(48), "{left}");
+    let warning = health["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("refresh token runs out"), "{health}");
+    assert!(!warning.contains(CLIENT_SECRET) && !warning.contains(PASSWORD), "no secret in the warning");
+}
+
 #[tokio::test]
 async fn oauth_tokens_are_renewed_with_the_refresh_token_then_the_password() {
     let sn = emulator();

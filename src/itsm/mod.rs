@@ -79,9 +79,13 @@ pub trait Connector: Send + Sync {
         close_notes: &str,
     ) -> Result<(), ItsmError>;
     async fn reopen(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError>;
+    /// What the health route should show of this connection's credentials (e.g. a refresh token about to
+    /// run out); `None` when there is nothing to say.
+    fn credentials_status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
-/// Build the connector for a configured connection.
 /// The connector for a connection; `vault` holds the secrets its settings leave out.
 pub fn connect(
     connection: &Connection,

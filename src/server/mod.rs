@@ -44,16 +44,26 @@ pub fn router(intake: Arc<Intake>, entra: Option<Arc<entra::EntraValidator>>) ->
 }
 
 async fn health(axum::extract::State(intake): axum::extract::State<Arc<Intake>>) -> Response {
+    let mut warnings = Vec::new();
     let connections: Vec<_> = intake
         .config
         .connections
         .iter()
         .map(|c| {
+            let credentials = intake.connection(&c.name).and_then(|(_, connector)| connector.credentials_status());
+            if credentials.as_ref().is_some_and(|s| s["refreshTokenExpiresSoon"] == true) {
+                warnings.push(format!(
+                    "connection '{}': the OAuth refresh token runs out at {}; itsmc will sign in with the password then",
+                    c.name,
+                    credentials.as_ref().map_or("", |s| s["refreshTokenEndsAt"].as_str().unwrap_or_default())
+                ));
+            }
             json!({
                 "name": c.name,
                 "product": c.product.name(),
                 "workItemType": c.work_item_type,
                 "grouping": c.grouping,
+                "credentials": credentials,
             })
         })
         .collect();
@@ -62,6 +72,7 @@ async fn health(axum::extract::State(intake): axum::extract::State<Arc<Intake>>)
         "version": env!("CARGO_PKG_VERSION"),
         "store": intake.store.describe(),
         "connections": connections,
+        "warnings": warnings,
     }))
     .into_response()
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::{Secret, SecretSetting, ServiceNowAuth};
+use crate::config::{RefreshTokenPolicy, Secret, SecretSetting, ServiceNowAuth};
 use crate::itsm::ItsmError;
 use crate::secrets::{SecretError, Secrets};
 
@@ -31,6 +31,9 @@ struct Token {
 pub struct Auth {
     settings: ServiceNowAuth,
     vault: Option<Arc<Secrets>>,
+    refresh_policy: RefreshTokenPolicy,
+    /// When ServiceNow handed out the refresh token in use (this process's knowledge; `None` before that).
+    refresh_issued: RwLock<Option<chrono::DateTime<chrono::Utc>>>,
     token_url: String,
     token: RwLock<Option<Token>>,
     renewing: tokio::sync::Mutex<()>,
@@ -44,10 +47,17 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(settings: ServiceNowAuth, base_url: &str, vault: Option<Arc<Secrets>>) -> Auth {
+    pub fn new(
+        settings: ServiceNowAuth,
+        base_url: &str,
+        vault: Option<Arc<Secrets>>,
+        refresh_policy: RefreshTokenPolicy,
+    ) -> Auth {
         Auth {
             settings,
             vault,
+            refresh_policy,
+            refresh_issued: RwLock::new(None),
             token_url: format!("{base_url}/oauth_token.do"),
             token: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
@@ -102,6 +112,14 @@ impl Auth {
         changed
     }
 
+    /// The refresh token's expected end, and whether it is inside the warning window.
+    pub fn refresh_token_status(&self) -> Option<(chrono::DateTime<chrono::Utc>, bool)> {
+        let issued = (*self.refresh_issued.read().ok()?)?;
+        let ends = issued + chrono::Duration::from_std(self.refresh_policy.lifespan).ok()?;
+        let warn_from = ends - chrono::Duration::from_std(self.refresh_policy.warn_before).ok()?;
+        Some((ends, chrono::Utc::now() >= warn_from))
+    }
+
     async fn secret(&self, setting: &SecretSetting) -> Result<Secret, ItsmError> {
         match (setting, &self.vault) {
             (SecretSetting::Value(secret), _) => Ok(secret.clone()),
@@ -148,6 +166,15 @@ impl Auth {
                 ("client_secret", client_secret.expose()),
                 ("refresh_token", refresh.expose()),
             ];
+            if let Some((ends, true)) = self.refresh_token_status() {
+                // With the password at hand this is no outage, but an operator who meant the refresh token to
+                // carry the connection (or watches for password grants) should hear of it before it ends.
+                tracing::warn!(
+                    %ends,
+                    "ServiceNow's OAuth refresh token for user '{username}' runs out soon; itsmc signs in with the \
+                     password when it does (ITSMC_REFRESH_TOKEN_LIFESPAN_SECS, ITSMC_REFRESH_TOKEN_WARN_DAYS)"
+                );
+            }
             match self.grant(client, &form).await {
                 Ok(token) => return Ok(self.keep(token, Some(refresh))),
                 // A refused refresh token (expired, revoked) is what the password is for.
@@ -180,6 +207,11 @@ impl Auth {
         let margin = (lifetime / 10).min(Duration::from_secs(60));
         let handed_out =
             response.refresh_token.map(Secret::new).filter(|token| Some(token) != previous_refresh.as_ref());
+        if handed_out.is_some()
+            && let Ok(mut issued) = self.refresh_issued.write()
+        {
+            *issued = Some(chrono::Utc::now());
+        }
         if let (Some(token), ServiceNowAuth::OAuth { refresh_token: Some(name), .. }, Some(vault)) =
             (&handed_out, &self.settings, &self.vault)
         {

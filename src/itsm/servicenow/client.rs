@@ -20,6 +20,10 @@ impl Client {
         Client { base_url, http, auth }
     }
 
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
     /// Send the request. Refused credentials are read from Key Vault again, once, and when they changed
     /// (rotated) the request goes once more.
     pub async fn send(&self, request: &Request) -> Result<Value, ItsmError> {

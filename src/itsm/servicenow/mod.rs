@@ -29,7 +29,7 @@ impl ServiceNow {
         http: reqwest::Client,
         vault: Option<Arc<Secrets>>,
     ) -> ServiceNow {
-        let auth = auth::Auth::new(settings.auth.clone(), &settings.url, vault);
+        let auth = auth::Auth::new(settings.auth.clone(), &settings.url, vault, settings.refresh_token);
         ServiceNow { connection: connection.clone(), client: client::Client::new(settings.url.clone(), http, auth) }
     }
 
@@ -71,6 +71,11 @@ fn result(answer: Value) -> Value {
 
 #[async_trait]
 impl Connector for ServiceNow {
+    fn credentials_status(&self) -> Option<Value> {
+        let (ends, expiring) = self.client.auth().refresh_token_status()?;
+        Some(serde_json::json!({ "refreshTokenEndsAt": ends.to_rfc3339(), "refreshTokenExpiresSoon": expiring }))
+    }
+
     async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError> {
         let Some(request) = requests::find(kind, correlation_key) else { return Ok(None) };
         let records = result(self.client.send(&request).await?);
