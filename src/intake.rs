@@ -65,6 +65,10 @@ pub enum IntakeError {
     /// 502: the ITSM tool rejected the work item for good (dead-lettered, shown in /api/workitems).
     #[error("{0}")]
     Rejected(String),
+    /// 413: the alert is too large for the state store to keep (the route takes up to 1 MiB; Table Storage
+    /// keeps about 750 KiB of it). Nothing was recorded.
+    #[error("{0}")]
+    TooLarge(String),
     /// 503: nothing could be persisted; the action group should retry.
     #[error("{0}")]
     Unavailable(String),
@@ -233,6 +237,9 @@ impl Intake {
         let etag = match claimed {
             Ok(Insert::Inserted { etag }) => etag,
             Ok(Insert::Conflict(existing)) => return Ok(duplicate(&existing.value)),
+            Err(StoreError::Refused(reason)) => {
+                return Err(IntakeError::TooLarge(format!("the alert cannot be recorded: {reason}")));
+            }
             Err(e) => return Err(IntakeError::Unavailable(format!("the alert could not be recorded: {e}"))),
         };
         let this = Arc::clone(self);

@@ -194,3 +194,30 @@ async fn a_killed_instances_outbox_is_finished_by_another_once() {
     };
     assert_eq!(workitems["pending"].as_array().map_or(0, Vec::len), 0, "nothing left pending: {workitems}");
 }
+
+/// The alert route takes up to 1 MiB; a Table Storage entity holds about 750 KiB of it. A larger alert is
+/// refused as too large (413, nothing recorded), not answered 503 for the action group to retry forever.
+#[tokio::test]
+async fn an_alert_too_large_for_a_table_entity_is_refused_as_such() {
+    let prefix = prefix();
+    let itsmc =
+        support::harness::Itsmc::start(&[("AzureWebJobsStorage", azurite().as_str()), ("ITSMC_TABLE_PREFIX", &prefix)])
+            .await;
+    let (_, health) = itsmc.get("/api/health").await;
+    assert!(health["store"].as_str().unwrap_or_default().starts_with("table storage"), "{health}");
+    let mut body: Value = serde_json::from_str(&alert(1, "large")).unwrap();
+    body["data"]["essentials"]["description"] = json!("x".repeat(900 * 1024));
+    let (status, answer) = itsmc.alert("", &body.to_string()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "payload_too_large");
+    assert!(
+        answer["error"]["message"].as_str().unwrap_or_default().contains("too large for Table Storage"),
+        "{answer}"
+    );
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    assert_eq!(listed["pending"].as_array().map_or(0, Vec::len), 0, "nothing recorded: {listed}");
+
+    body["data"]["essentials"]["description"] = json!("fits");
+    let (status, answer) = itsmc.alert("", &body.to_string()).await;
+    assert_eq!(status, 200, "an ordinary alert still goes through: {answer}");
+}

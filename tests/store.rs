@@ -1041,7 +1041,7 @@ mod table_storage_only {
     /// The message of a refusal made before sending anything.
     fn refused<T: Debug>(outcome: Result<T, StoreError>, what: &str) -> String {
         match outcome {
-            Err(StoreError::Unavailable(message)) => {
+            Err(StoreError::Refused(message)) => {
                 assert!(message.contains("nothing was sent"), "{what}: {message}");
                 message
             }

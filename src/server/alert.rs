@@ -48,6 +48,7 @@ pub async fn post_alert(State(intake): State<Arc<Intake>>, RawQuery(query): RawQ
         }
         Err(IntakeError::BadRequest { code, message }) => error(StatusCode::BAD_REQUEST, code, message),
         Err(e @ IntakeError::Rejected(_)) => error(StatusCode::BAD_GATEWAY, "itsm_rejected", e.to_string()),
+        Err(e @ IntakeError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()),
         Err(e @ IntakeError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }

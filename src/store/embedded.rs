@@ -213,7 +213,7 @@ impl EmbeddedStore {
         let json = serde_json::to_vec(value)
             .map_err(|err| StoreError::Corrupt(format!("the value cannot be serialized: {err}")))?;
         if key.len() + json.len() > log::MAX_OP_BYTES {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Refused(format!(
                 "{key}: a value of {} bytes is more than the embedded store takes ({} bytes)",
                 json.len(),
                 log::MAX_OP_BYTES

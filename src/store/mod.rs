@@ -84,6 +84,10 @@ pub enum StoreError {
     /// The store could not be reached or written (disk full, server down). Nothing was changed.
     #[error("the state store is unavailable: {0}")]
     Unavailable(String),
+    /// The store does not take this key or value (too large, characters it forbids). Nothing was written, and
+    /// trying again cannot help.
+    #[error("the state store refuses this: {0}")]
+    Refused(String),
     /// Stored data could not be read back (a bug, or a file from an incompatible version).
     #[error("the state store holds data it cannot read: {0}")]
     Corrupt(String),

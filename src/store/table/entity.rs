@@ -45,7 +45,7 @@ const FIELD_NAME_VERBATIM_MAX: usize = 200;
 pub(super) fn check_key(table: &str, key: &str) -> Result<(), StoreError> {
     let bad = key.chars().find(|&c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control());
     if let Some(c) = bad {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::Refused(format!(
             "{table}/{}: the key holds {}, which Table Storage does not allow in a key \
              (no / \\ # ? or control characters); nothing was sent",
             shown(key),
@@ -54,7 +54,7 @@ pub(super) fn check_key(table: &str, key: &str) -> Result<(), StoreError> {
     }
     let units = utf16_len(key);
     if units > KEY_MAX_UTF16 {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::Refused(format!(
             "{table}/{}: the key is {units} UTF-16 units long, over the {KEY_MAX_UTF16} (1 KiB) \
              Table Storage allows; nothing was sent",
             shown(key)
@@ -142,7 +142,7 @@ pub(super) fn encode(table: &str, key: &str, value: &Value) -> Result<Vec<u8>, S
     }
     let properties = 2 + parts.len() + fields;
     if properties > CUSTOM_PROPERTIES_MAX {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::Refused(format!(
             "{table}/{}: the value has {fields} top-level string fields; with its {} JSON parts that makes \
              {properties} properties, over the {CUSTOM_PROPERTIES_MAX} a Table Storage entity holds; nothing was sent",
             shown(key),
@@ -152,7 +152,7 @@ pub(super) fn encode(table: &str, key: &str, value: &Value) -> Result<Vec<u8>, S
     let body = serde_json::to_vec(&entity)
         .map_err(|err| StoreError::Unavailable(format!("{table}/{}: cannot serialize: {err}", shown(key))))?;
     if size > ENTITY_MAX_BYTES || body.len() > BODY_MAX_BYTES {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::Refused(format!(
             "{table}/{}: the value is too large for Table Storage: {} bytes of JSON make an entity of {size} \
              bytes and a request of {} bytes, and the service takes at most 1 MiB of each; nothing was sent",
             shown(key),
