@@ -6,6 +6,11 @@
 //! `cargo bench --bench loadgen` runs the full load; under `cargo test` (no `--bench` argument) it runs a
 //! small smoke load so the harness itself stays working. Knobs: `LOADGEN_ALERTS` (default 20000),
 //! `LOADGEN_CONCURRENCY` (64), `LOADGEN_RATE` (1000/s) and `LOADGEN_SECONDS` (10) for the fixed-rate run.
+//!
+//! With `--bench` and Azurite's table service on 127.0.0.1:10002 (`.ci/run` starts it; or
+//! `.ci/node_modules/.bin/azurite-table --inMemoryPersistence --disableTelemetry`), the create and duplicate
+//! runs are repeated with Table Storage state (`LOADGEN_TABLE_ALERTS`, default 5000), and Azurite's own CPU
+//! per alert is reported beside itsmc's.
 
 #[allow(dead_code)]
 #[path = "../tests/support/servicenow.rs"]
@@ -86,7 +91,7 @@ impl Drop for Itsmc {
 }
 
 /// Start `itsmc serve` and return it with the time from spawn to its first answered health check.
-fn start_itsmc(sn_url: &str) -> (Itsmc, Duration) {
+fn start_itsmc(sn_url: &str, settings: &[(&str, &str)]) -> (Itsmc, Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let started = Instant::now();
@@ -98,6 +103,7 @@ fn start_itsmc(sn_url: &str) -> (Itsmc, Duration) {
         .env("ITSMC_PASSWORD", PASSWORD)
         .env("ITSMC_DATA_DIR", dir.path())
         .env("RUST_LOG", "warn")
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -228,10 +234,28 @@ async fn open_loop(url: &str, rate: u64, seconds: u64, tag: &str) -> (Vec<Durati
 
 /// One closed-loop run whose every answer must be `expected`; prints rate, latency and itsmc's CPU per alert.
 async fn measured_run(name: &str, expected: &str, url: &str, pid: u32, bodies: Vec<String>, concurrency: usize) {
+    measured_run_with(name, expected, url, pid, None, bodies, concurrency).await;
+}
+
+/// As `measured_run`, also reporting the CPU of a server itsmc depends on (`other`: its name and pid).
+async fn measured_run_with(
+    name: &str,
+    expected: &str,
+    url: &str,
+    pid: u32,
+    other: Option<(&str, u32)>,
+    bodies: Vec<String>,
+    concurrency: usize,
+) {
     let alerts = bodies.len();
     let cpu_before = cpu_seconds(pid);
+    let other_before = other.map_or(0.0, |(_, pid)| cpu_seconds(pid));
     let (wall, latencies, actions) = closed_loop(url, bodies, concurrency).await;
     let cpu = cpu_seconds(pid) - cpu_before;
+    if let Some((other_name, other_pid)) = other {
+        let other_cpu = cpu_seconds(other_pid) - other_before;
+        println!("{name}: {other_name} CPU {:.1} us/alert", other_cpu * 1e6 / alerts as f64);
+    }
     let unexpected: Vec<&String> = actions.iter().filter(|a| *a != expected).take(5).collect();
     assert!(unexpected.is_empty(), "{name}: every answer should be {expected}: {unexpected:?}");
     println!(
@@ -257,12 +281,12 @@ fn main() {
 
         let mut starts = Vec::new();
         for _ in 0..if full { 15 } else { 2 } {
-            let (itsmc, ready) = start_itsmc(&sn_url);
+            let (itsmc, ready) = start_itsmc(&sn_url, &[]);
             starts.push(ready);
             drop(itsmc);
         }
         starts.sort();
-        let (itsmc, _) = start_itsmc(&sn_url);
+        let (itsmc, _) = start_itsmc(&sn_url, &[]);
         let pid = itsmc.child.id();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_rss = rss_kib(pid);
@@ -292,6 +316,39 @@ fn main() {
             percentile(&latencies, 0.99),
             latencies.last().copied().unwrap_or_default()
         );
+        drop(itsmc);
+        if full {
+            table_storage_runs(&sn_url, concurrency).await;
+        }
         println!("incidents in the emulator: {}", sn.count("incident"));
     });
+}
+
+/// The create and duplicate runs again with Table Storage state on Azurite, when it is running.
+async fn table_storage_runs(sn_url: &str, concurrency: usize) {
+    let Some(azurite) = azurite_table_pid() else {
+        println!("table storage: skipped (no azurite-table process listening on 127.0.0.1:10002)");
+        return;
+    };
+    let alerts = env_number("LOADGEN_TABLE_ALERTS", 5_000);
+    let prefix = format!("lg{}", std::process::id());
+    let settings = [("AzureWebJobsStorage", "UseDevelopmentStorage=true"), ("ITSMC_TABLE_PREFIX", prefix.as_str())];
+    let (itsmc, _) = start_itsmc(sn_url, &settings);
+    let pid = itsmc.child.id();
+    let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "table-warm")).collect(), concurrency).await;
+    let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "table-create")).collect();
+    let other = Some(("azurite", azurite));
+    measured_run_with("table storage, create path", "created", &itsmc.url, pid, other, bodies.clone(), concurrency)
+        .await;
+    measured_run_with("table storage, duplicates", "duplicate", &itsmc.url, pid, other, bodies, concurrency).await;
+}
+
+/// The azurite-table process, found by its command line.
+fn azurite_table_pid() -> Option<u32> {
+    std::net::TcpStream::connect("127.0.0.1:10002").ok()?;
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains("azurite-table").then_some(pid)
+    })
 }
