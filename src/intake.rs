@@ -17,7 +17,7 @@ use crate::alert::{self, Alert, Condition};
 use crate::config::{Config, Connection};
 use crate::itsm::{self, Connector, ItsmError, WorkItem};
 use crate::outbox::{self, Wakeup};
-use crate::store::{Insert, Store, StoreError, Swap, Table};
+use crate::store::{Entry, Insert, Store, StoreError, Swap, Table};
 use crate::workitem::{self, Content, Fields, Grouping, OnResolve, RefireAfterClose, Scope, WorkItemType};
 
 /// What the query string of `/api/alert` may choose, as ITSMC's ITSM action did.
@@ -177,8 +177,10 @@ impl Intake {
         Ok(Resolved { connection: connection.name.clone(), kind, grouping, template: options.template.clone() })
     }
 
-    /// The link to claim with the delivery: only for a fire whose one work item has no link yet.
-    async fn first_fire_link(&self, alert: &Alert, resolved: &Resolved, delivery: &str) -> Option<(String, Value)> {
+    /// The link to claim with the delivery, for a fire with one work item. It is claimed without looking
+    /// first: a link that exists (a re-fire) just refuses the claim, and looking would cost Table Storage
+    /// a request on every new alert.
+    fn first_fire_link(&self, alert: &Alert, resolved: &Resolved, delivery: &str) -> Option<(String, Value)> {
         if alert.condition != Condition::Fired {
             return None;
         }
@@ -187,9 +189,6 @@ impl Intake {
             return None;
         }
         let plan = plans.pop()?;
-        if !matches!(self.store.get(Table::Links, &plan.correlation_key).await, Ok(None)) {
-            return None;
-        }
         let link = Link::claim(
             &resolved.connection,
             &alert.rule,
@@ -222,18 +221,19 @@ impl Intake {
             "nextAttemptAt": now,
             "leaseUntil": self.lease_until(),
         });
-        // A first fire claims its work item's link in the same store batch as the delivery, so the create
-        // path waits for two commits rather than three. Racing claims stay safe: a link claimed here is owned by
-        // this delivery id, and whoever runs this delivery takes it over.
-        let link_claim = self.first_fire_link(&alert, &resolved, &delivery).await;
+        // A first fire claims its work item's link together with the delivery (one store batch, or two
+        // concurrent Table Storage requests), and hands the claim to `run`, which need not read it back: the
+        // create path makes two rounds of writes and no reads. Racing claims stay safe: a link claimed here is
+        // owned by this delivery id, and whoever runs this delivery takes it over.
+        let link_claim = self.first_fire_link(&alert, &resolved, &delivery);
         let claim_delivery = self.store.insert(Table::Deliveries, &delivery, &record);
         let claim_link = async {
-            if let Some((key, value)) = &link_claim {
-                // Losing this race is fine: the delivery then claims or waits for the link as usual.
-                let _ = self.store.insert(Table::Links, key, value).await;
-            }
+            let (key, value) = link_claim?;
+            // Losing this race is fine: the delivery then claims or waits for the link as usual.
+            let etag = self.store.claim(Table::Links, &key, &value).await.ok()??;
+            Some(Entry { key, etag, value })
         };
-        let (claimed, ()) = tokio::join!(claim_delivery, claim_link);
+        let (claimed, claimed_link) = tokio::join!(claim_delivery, claim_link);
         let etag = match claimed {
             Ok(Insert::Inserted { etag }) => etag,
             Ok(Insert::Conflict(existing)) => return Ok(duplicate(&existing.value)),
@@ -243,7 +243,7 @@ impl Intake {
             Err(e) => return Err(IntakeError::Unavailable(format!("the alert could not be recorded: {e}"))),
         };
         let this = Arc::clone(self);
-        let task = tokio::spawn(async move { this.run(delivery, etag, record, alert, resolved).await });
+        let task = tokio::spawn(async move { this.run(delivery, etag, record, alert, resolved, claimed_link).await });
         match tokio::time::timeout(self.config.alert_budget, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(IntakeError::Unavailable(format!("processing failed: {join}"))),
@@ -252,7 +252,8 @@ impl Intake {
         }
     }
 
-    /// Run a claimed delivery and record its outcome; used by the route and by the outbox.
+    /// Run a claimed delivery and record its outcome; used by the route and by the outbox. `claimed_link`: the
+    /// link `accept` just claimed for it, as stored.
     pub(crate) async fn run(
         &self,
         delivery: String,
@@ -260,9 +261,10 @@ impl Intake {
         mut record: Value,
         alert: Alert,
         resolved: Resolved,
+        claimed_link: Option<Entry>,
     ) -> Result<Outcome, IntakeError> {
         let mut finishes = Vec::new();
-        let result = self.execute(&delivery, &alert, &resolved, &mut finishes).await;
+        let result = self.execute(&delivery, &alert, &resolved, claimed_link, &mut finishes).await;
         let attempts = record["attempts"].as_i64().unwrap_or(0) + 1;
         record["attempts"] = json!(attempts);
         let now = now_ms();
@@ -357,6 +359,7 @@ impl Intake {
         delivery: &str,
         alert: &Alert,
         resolved: &Resolved,
+        mut claimed_link: Option<Entry>,
         finishes: &mut Vec<(String, Link, String)>,
     ) -> Result<Outcome, Failure> {
         let (connection, connector) = self.connection(&resolved.connection).ok_or_else(|| {
@@ -382,7 +385,8 @@ impl Intake {
                 content: &content,
                 scope: &scope,
             };
-            let applied = step.apply().await?;
+            let known = claimed_link.take_if(|link| link.key == content.correlation_key);
+            let applied = step.apply(known).await?;
             action = action.max(Some(applied.action));
             finishes.extend(applied.finish);
             if let Some(item) = applied.item {
@@ -531,10 +535,14 @@ impl Step<'_> {
         Ok(matches!(self.store().replace(Table::Links, self.key(), &value, etag).await?, Swap::Replaced { .. }))
     }
 
-    async fn apply(&self) -> Result<Applied, Failure> {
+    /// `known`: the link as this delivery just claimed it, so the first attempt need not read it.
+    async fn apply(&self, mut known: Option<Entry>) -> Result<Applied, Failure> {
         let mut noted = false;
         for _ in 0..ATTEMPTS {
-            let entry = self.store().get(Table::Links, self.key()).await?;
+            let entry = match known.take() {
+                Some(entry) => Some(entry),
+                None => self.store().get(Table::Links, self.key()).await?,
+            };
             let Some(entry) = entry else {
                 if self.alert.condition == Condition::Resolved {
                     return self.resolve_unlinked().await;

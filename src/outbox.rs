@@ -153,7 +153,7 @@ async fn retry(
             return Some(Err(crate::intake::IntakeError::Rejected("unreadable delivery".into())));
         }
     };
-    Some(intake.run(entry.key, etag, record, alert, resolved).await)
+    Some(intake.run(entry.key, etag, record, alert, resolved, None).await)
 }
 
 async fn dead_letter(intake: &Intake, key: &str, etag: &str, mut record: Value, reason: &str) {

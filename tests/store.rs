@@ -63,6 +63,7 @@ macro_rules! store_suite {
                 scan_with_filter,
                 tables_are_separate,
                 concurrent_inserts_one_wins,
+                claim_is_an_insert_that_does_not_read_back,
                 concurrent_compare_and_swap_increments,
                 unicode_round_trips,
             );
@@ -155,6 +156,16 @@ async fn insert_conflict_returns_current(store: Arc<dyn Store>) {
     let second = store.insert(Table::Links, "k", &json!({"claimed_by": "second"})).await.unwrap();
     assert_eq!(second, Insert::Conflict(entry("k", &etag, first.clone())));
     assert_eq!(store.get(Table::Links, "k").await.unwrap(), Some(entry("k", &etag, first)));
+}
+
+async fn claim_is_an_insert_that_does_not_read_back(store: Arc<dyn Store>) {
+    let first = json!({"claimed_by": "first"});
+    let etag = store.claim(Table::Links, "c", &first).await.unwrap().expect("claimed");
+    assert_eq!(store.get(Table::Links, "c").await.unwrap(), Some(entry("c", &etag, first.clone())));
+    assert_eq!(store.claim(Table::Links, "c", &json!({"claimed_by": "second"})).await.unwrap(), None);
+    assert_eq!(store.get(Table::Links, "c").await.unwrap(), Some(entry("c", &etag, first)), "unchanged");
+    // The etag it gives is the one compare-and-swap takes.
+    assert!(matches!(store.replace(Table::Links, "c", &json!({"v": 2}), &etag).await.unwrap(), Swap::Replaced { .. }));
 }
 
 async fn replace_with_matching_etag(store: Arc<dyn Store>) {

@@ -98,6 +98,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Entry>, StoreError>;
     /// Insert when the key is absent; never overwrites.
     async fn insert(&self, table: Table, key: &str, value: &Value) -> Result<Insert, StoreError>;
+    /// Insert when the key is absent: its etag, or `None` when the key exists. Unlike `insert` it does not
+    /// read what is there, which costs Table Storage a second request.
+    async fn claim(&self, table: Table, key: &str, value: &Value) -> Result<Option<String>, StoreError> {
+        Ok(match self.insert(table, key, value).await? {
+            Insert::Inserted { etag } => Some(etag),
+            Insert::Conflict(_) => None,
+        })
+    }
     /// Replace when the stored etag is `if_match`.
     async fn replace(&self, table: Table, key: &str, value: &Value, if_match: &str) -> Result<Swap, StoreError>;
     /// Delete when the stored etag is `if_match`; `Ok(false)` when it did not match or the key was absent.

@@ -334,6 +334,19 @@ impl Store for TableStore {
         )))
     }
 
+    async fn claim(&self, table: Table, key: &str, value: &Value) -> Result<Option<String>, StoreError> {
+        let name = self.table_name(table);
+        check_key(name, key)?;
+        let body = encode(name, key, value)?;
+        let what = format!("inserting {name}/{}", shown(key));
+        let reply = self.send(&what, Method::POST, name, None, Some(body), None).await?;
+        match reply.status.as_u16() {
+            201 | 204 => Ok(Some(reply.required_etag(name, key)?)),
+            409 if reply.error_code().as_deref() == Some("EntityAlreadyExists") => Ok(None),
+            _ => Err(self.failed(&what, &reply)),
+        }
+    }
+
     async fn replace(&self, table: Table, key: &str, value: &Value, if_match: &str) -> Result<Swap, StoreError> {
         let name = self.table_name(table);
         check_key(name, key)?;
