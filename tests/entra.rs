@@ -168,24 +168,24 @@ async fn wrong_caller_app_is_refused() {
     let v1 = edit(&emulator.v1_claims(CLIENT_ID), |c| {
         c.insert("appid".into(), json!(other_app));
     });
-    let rejection = refused_token(&validator, &emulator.sign(&v1), "wrong_caller", 403).await;
+    let rejection = refused_token(&validator, &emulator.sign(&v1), "wrong_caller", 401).await;
     let (_, challenge, _) = body_of(rejection).await;
     assert_eq!(challenge.as_deref(), Some("Bearer error=\"insufficient_scope\""));
     let v2 = edit(&emulator.v2_claims(), |c| {
         c.insert("azp".into(), json!(other_app));
     });
-    refused_token(&validator, &emulator.sign(&v2), "wrong_caller", 403).await;
+    refused_token(&validator, &emulator.sign(&v2), "wrong_caller", 401).await;
     // A v2 token's caller is azp, not appid; a v1 token's is appid, not azp.
     let v2_with_appid = edit(&emulator.v2_claims(), |c| {
         c.remove("azp");
         c.insert("appid".into(), json!(ACTION_GROUP_APP_ID));
     });
-    refused_token(&validator, &emulator.sign(&v2_with_appid), "wrong_caller", 403).await;
+    refused_token(&validator, &emulator.sign(&v2_with_appid), "wrong_caller", 401).await;
     let v1_with_azp = edit(&emulator.v1_claims(CLIENT_ID), |c| {
         c.remove("appid");
         c.insert("azp".into(), json!(ACTION_GROUP_APP_ID));
     });
-    refused_token(&validator, &emulator.sign(&v1_with_azp), "wrong_caller", 403).await;
+    refused_token(&validator, &emulator.sign(&v1_with_azp), "wrong_caller", 401).await;
 }
 
 #[tokio::test]
@@ -266,8 +266,8 @@ async fn role_is_demanded_only_when_required() {
     let other_role = emulator.sign(&edit(&emulator.v2_claims(), |c| {
         c.insert("roles".into(), json!(["Alerts.Write"]));
     }));
-    refused_token(&strict, &no_role, "missing_role", 403).await;
-    refused_token(&strict, &other_role, "missing_role", 403).await;
+    refused_token(&strict, &no_role, "missing_role", 401).await;
+    refused_token(&strict, &other_role, "missing_role", 401).await;
     strict.check(Some(&bearer(&emulator.mint_v1(APP_ID_URI)))).await.expect("role present: accepted");
     strict.check(Some(&bearer(&emulator.mint_v2()))).await.expect("role present: accepted");
     lenient.check(Some(&bearer(&no_role))).await.expect("role not required: accepted");

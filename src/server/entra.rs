@@ -28,9 +28,9 @@
 //! 7. The client app (`appid` in v1 tokens, `azp` in v2) is the action group app (`wrong_caller`).
 //! 8. With `require_role`, `roles` holds [`SECURE_WEBHOOK_ROLE`] (`missing_role`).
 //!
-//! A refusal answers 401 (steps 1 to 6) or 403 (7 and 8: a good token for us, from a caller that is not
-//! allowed) with a short code and one generic sentence; the reason is logged at debug level only, and
-//! the token never is. When the keys cannot be had (Entra unreachable, slow or answering errors, and no
+//! A refusal answers 401, whatever the step, with a short code and one generic sentence: callers (action
+//! groups) treat every refusal alike, and one status is simpler to alert on. The reason is logged at debug
+//! level only, and the token never is. When the keys cannot be had (Entra unreachable, slow or answering errors, and no
 //! usable keys cached), the answer is 503 `auth_unavailable`: that is not the caller's fault, and 503 is
 //! the status an action group retries.
 //!
@@ -349,7 +349,6 @@ impl RejectionKind {
 
     pub fn status(self) -> StatusCode {
         match self {
-            RejectionKind::WrongCaller | RejectionKind::MissingRole => StatusCode::FORBIDDEN,
             RejectionKind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -379,7 +378,7 @@ impl Rejection {
 }
 
 impl IntoResponse for Rejection {
-    /// `{"error": {"code", "message"}}` with a generic message, and the RFC 6750 challenge on 401/403.
+    /// `{"error": {"code", "message"}}` with a generic message, and the RFC 6750 challenge on 401.
     fn into_response(self) -> Response {
         let message = match self.kind {
             RejectionKind::AuthUnavailable => UNAVAILABLE_MESSAGE,
