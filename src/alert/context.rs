@@ -74,26 +74,39 @@ impl<'de> Deserialize<'de> for Readable {
     }
 }
 
-/// Visitor methods for the JSON kinds a visitor has no use for: each answers `$default`.
-macro_rules! other_kinds {
-    ($default:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($default)
+/// Visitor methods for JSON scalars and null: each answers `$answer`, in which `$value()` builds the scalar
+/// as a `Value` (visitors that only count never call it, so skipping a string allocates nothing).
+macro_rules! scalar_kinds {
+    ($value:ident => $answer:expr) => {
+        #[allow(unused_variables)]
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            let $value = || Value::from(v);
+            Ok($answer)
         }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($default)
+        #[allow(unused_variables)]
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            let $value = || Value::from(v);
+            Ok($answer)
         }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($default)
+        #[allow(unused_variables)]
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            let $value = || Value::from(v);
+            Ok($answer)
         }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($default)
+        #[allow(unused_variables)]
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            let $value = || Value::from(v);
+            Ok($answer)
         }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($default)
+        #[allow(unused_variables)]
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            let $value = || Value::from(v);
+            Ok($answer)
         }
+        #[allow(unused_variables)]
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($default)
+            let $value = || Value::Null;
+            Ok($answer)
         }
     };
 }
@@ -142,24 +155,7 @@ impl<'de> Visitor<'de> for ReadableVisitor {
         Ok(Readable { value, ..Readable::default() })
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Readable, E> {
-        Ok(Readable { value: v.into(), ..Readable::default() })
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Readable, E> {
-        Ok(Readable { value: v.into(), ..Readable::default() })
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Readable, E> {
-        Ok(Readable { value: v.into(), ..Readable::default() })
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Readable, E> {
-        Ok(Readable { value: v.into(), ..Readable::default() })
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Readable, E> {
-        Ok(Readable { value: v.into(), ..Readable::default() })
-    }
-    fn visit_unit<E>(self) -> Result<Readable, E> {
-        Ok(Readable::default())
-    }
+    scalar_kinds!(value => Readable { value: value(), ..Readable::default() });
 }
 
 /// The spellings of a log search V1 context's results, in the order `summary` prefers them.
@@ -196,24 +192,7 @@ impl<'de> Deserialize<'de> for Results {
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Results, A::Error> {
                 Ok(Results::Kept(Value::deserialize(SeqAccessDeserializer::new(seq))?))
             }
-            fn visit_bool<E>(self, v: bool) -> Result<Results, E> {
-                Ok(Results::Kept(v.into()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Results, E> {
-                Ok(Results::Kept(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Results, E> {
-                Ok(Results::Kept(v.into()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Results, E> {
-                Ok(Results::Kept(v.into()))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Results, E> {
-                Ok(Results::Kept(v.into()))
-            }
-            fn visit_unit<E>(self) -> Result<Results, E> {
-                Ok(Results::Kept(Value::Null))
-            }
+            scalar_kinds!(value => Results::Kept(value()));
         }
         deserializer.deserialize_any(V)
     }
@@ -239,7 +218,7 @@ impl<'de> Deserialize<'de> for FirstTableRows {
                 SkipVisitor.visit_map(map)?;
                 Ok(FirstTableRows(None))
             }
-            other_kinds!(FirstTableRows(None));
+            scalar_kinds!(_value => FirstTableRows(None));
         }
         deserializer.deserialize_any(V)
     }
@@ -271,7 +250,7 @@ impl<'de> Deserialize<'de> for TableRows {
                 SkipVisitor.visit_seq(seq)?;
                 Ok(TableRows(0))
             }
-            other_kinds!(TableRows(0));
+            scalar_kinds!(_value => TableRows(0));
         }
         deserializer.deserialize_any(V)
     }
@@ -300,7 +279,7 @@ impl<'de> Deserialize<'de> for ObjectCount {
                 SkipVisitor.visit_map(map)?;
                 Ok(ObjectCount(None, None))
             }
-            other_kinds!(ObjectCount(None, None));
+            scalar_kinds!(_value => ObjectCount(None, None));
         }
         deserializer.deserialize_any(V)
     }
@@ -325,7 +304,7 @@ impl<'de> Deserialize<'de> for IsObject {
                 SkipVisitor.visit_seq(seq)?;
                 Ok(IsObject(false))
             }
-            other_kinds!(IsObject(false));
+            scalar_kinds!(_value => IsObject(false));
         }
         deserializer.deserialize_any(V)
     }
@@ -357,5 +336,5 @@ impl<'de> Visitor<'de> for SkipVisitor {
         while seq.next_element::<Skip>()?.is_some() {}
         Ok(Skip)
     }
-    other_kinds!(Skip);
+    scalar_kinds!(_value => Skip);
 }
