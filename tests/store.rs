@@ -122,6 +122,49 @@ async fn azurite_fixture() -> Azurite {
 
 store_suite!(table_storage, azurite_fixture());
 
+/// Azure Table Storage with Entra bearer tokens instead of the account key, on Azurite over HTTPS.
+struct AzuriteEntra {
+    prefix: String,
+}
+
+#[async_trait]
+impl Fixture for AzuriteEntra {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(azurite::open_entra(&self.prefix).await)
+    }
+}
+
+impl Drop for AzuriteEntra {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            azurite::drop_entra_tables_blocking(std::mem::take(&mut self.prefix));
+        }
+    }
+}
+
+async fn azurite_entra_fixture() -> AzuriteEntra {
+    AzuriteEntra { prefix: azurite::fresh_prefix() }
+}
+
+store_suite!(table_storage_entra, azurite_entra_fixture());
+
+/// A token for another audience is refused by the service, and the error says what to check.
+#[tokio::test]
+async fn table_storage_refuses_a_token_for_another_audience() {
+    let url = azurite::entra_endpoint().parse().unwrap();
+    let tokens = azurite::StorageTokens::new("https://vault.azure.net");
+    let store =
+        itsmc::store::TableStore::with_credential(url, tokens, &azurite::fresh_prefix(), azurite::entra_http_client())
+            .unwrap();
+    match store.ensure_tables().await {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("403") && message.contains("Storage Table Data Contributor"), "{message}");
+            assert!(!message.contains("c2lnbmF0dXJl"), "no token in the message: {message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 // ---- the contract ----
 
 fn inserted(outcome: Insert) -> String {

@@ -63,3 +63,95 @@ pub fn drop_tables_blocking(prefix: String) {
     });
     let _ = cleanup.join();
 }
+
+// ---- Entra (bearer token) authentication ----
+
+/// The table service that takes Entra tokens: `.ci/run` starts a second Azurite over HTTPS with
+/// `--oauth basic`, unless `ITSMC_TEST_AZURITE_ENTRA_TABLE` points elsewhere.
+pub fn entra_endpoint() -> String {
+    std::env::var("ITSMC_TEST_AZURITE_ENTRA_TABLE")
+        .unwrap_or_else(|_| "https://127.0.0.1:10012/devstoreaccount1".into())
+}
+
+/// itsmc's own HTTP client, trusting the CI's test CA the way `ITSMC_CA_FILE` makes production trust one.
+pub fn entra_http_client() -> reqwest::Client {
+    let ca_file = std::env::var("ITSMC_TEST_AZURITE_CA_FILE").unwrap_or_else(|_| {
+        panic!(
+            "ITSMC_TEST_AZURITE_CA_FILE is not set: the Entra Table Storage tests need the HTTPS Azurite that \
+             `bash .ci/run` starts (with its test CA)"
+        )
+    });
+    let settings = itsmc::http::HttpSettings { ca_file: Some(ca_file), ..itsmc::http::HttpSettings::default() };
+    itsmc::http::build_client(&settings).expect("the HTTP client")
+}
+
+/// Tokens shaped as Entra issues them to a managed identity for Azure Storage. Azurite (`--oauth basic`)
+/// checks their issuer, audience and lifetime, not their signature.
+#[derive(Debug)]
+pub struct StorageTokens {
+    pub audience: String,
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+impl StorageTokens {
+    pub fn new(audience: &str) -> std::sync::Arc<StorageTokens> {
+        std::sync::Arc::new(StorageTokens { audience: audience.into(), requests: Default::default() })
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for StorageTokens {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        use base64::Engine;
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let part = |json: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string());
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let claims = serde_json::json!({
+            "aud": self.audience,
+            "iss": format!("https://sts.windows.net/{tenant}/"),
+            "tid": tenant,
+            "oid": "00000000-0000-0000-0000-0000000000aa",
+            "iat": now.unix_timestamp() - 60,
+            "nbf": now.unix_timestamp() - 60,
+            "exp": now.unix_timestamp() + 3600,
+        });
+        let token =
+            format!("{}.{}.c2lnbmF0dXJl", part(serde_json::json!({"alg": "RS256", "typ": "JWT"})), part(claims));
+        Ok(azure_core::credentials::AccessToken::new(token, now + azure_core::time::Duration::hours(1)))
+    }
+}
+
+/// A store on the Entra Azurite with `prefix`'s tables created.
+pub async fn open_entra(prefix: &str) -> TableStore {
+    let endpoint = entra_endpoint();
+    let url = endpoint.parse().expect("a URL");
+    let store =
+        TableStore::with_credential(url, StorageTokens::new("https://storage.azure.com"), prefix, entra_http_client())
+            .unwrap_or_else(|err| panic!("ITSMC_TEST_AZURITE_ENTRA_TABLE={endpoint}: {err}"));
+    if let Err(err) = store.ensure_tables().await {
+        panic!(
+            "the HTTPS, Entra-authenticated Azurite is not usable at {endpoint}: {err}\nRun `bash .ci/run`, which starts it."
+        );
+    }
+    store
+}
+
+/// `drop_tables_blocking` for the Entra Azurite.
+pub fn drop_entra_tables_blocking(prefix: String) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let url = entra_endpoint().parse().expect("a URL");
+            let tokens = StorageTokens::new("https://storage.azure.com");
+            if let Ok(store) = TableStore::with_credential(url, tokens, &prefix, entra_http_client()) {
+                let _ = store.drop_tables().await;
+            }
+        });
+    });
+    let _ = cleanup.join();
+}
