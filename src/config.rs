@@ -284,6 +284,18 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
     } else {
         None
     };
+    let other_identity_settings = ["AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri"];
+    if endpoint.is_none()
+        && let Some(setting) = other_identity_settings.into_iter().find(|name| lookup(name).is_some())
+    {
+        // The host runs on identity-based storage, but itsmc cannot tell where the tables are: falling back to
+        // the embedded store would give each instance a state of its own.
+        return Err(invalid(
+            setting,
+            "itsmc keeps its state in the same account's Table service: also set AzureWebJobsStorage__accountName \
+             or AzureWebJobsStorage__tableServiceUri",
+        ));
+    }
     Ok(match endpoint {
         Some(endpoint) => StateSettings::TableIdentity { endpoint, client_id, prefix },
         None => StateSettings::Embedded {

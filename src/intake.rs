@@ -234,6 +234,11 @@ impl Intake {
             Some(Entry { key, etag, value })
         };
         let (claimed, claimed_link) = tokio::join!(claim_delivery, claim_link);
+        if let (Err(_), Some(link)) = (&claimed, &claimed_link) {
+            // The delivery was not recorded, so nothing will run it: give the link back rather than leave a
+            // claim that holds its key until the lease runs out. Failing here only delays the next claimant.
+            let _ = self.store.delete(Table::Links, &link.key, &link.etag).await;
+        }
         let etag = match claimed {
             Ok(Insert::Inserted { etag }) => etag,
             Ok(Insert::Conflict(existing)) => return Ok(duplicate(&existing.value)),
@@ -264,7 +269,21 @@ impl Intake {
         claimed_link: Option<Entry>,
     ) -> Result<Outcome, IntakeError> {
         let mut finishes = Vec::new();
-        let result = self.execute(&delivery, &alert, &resolved, claimed_link, &mut finishes).await;
+        // A run must end before its lease does: after it, another instance may run the same delivery, and two
+        // runs at once could both create. Stopped here, the delivery stays pending and its link `creating`;
+        // the next run finds what this one made by its key.
+        let limit = self.config.outbox.lease.mul_f64(0.75);
+        let executed =
+            tokio::time::timeout(limit, self.execute(&delivery, &alert, &resolved, claimed_link, &mut finishes));
+        let result = executed.await.unwrap_or_else(|_| {
+            Err(Failure::Itsm(ItsmError::Transient {
+                message: format!(
+                    "the delivery took longer than {} s, three quarters of its lease",
+                    limit.as_secs_f64()
+                ),
+                retry_after: None,
+            }))
+        });
         let attempts = record["attempts"].as_i64().unwrap_or(0) + 1;
         record["attempts"] = json!(attempts);
         let now = now_ms();
@@ -565,6 +584,15 @@ impl Step<'_> {
                 }
                 if leased {
                     return Err(Failure::Busy);
+                }
+                if self.alert.condition == Condition::Resolved {
+                    // A resolve never creates. The claim's owner died (or was never recorded) before linking
+                    // anything: drop the claim, so the next fire starts afresh, and resolve what the ITSM tool
+                    // has under the key.
+                    if !self.store().delete(Table::Links, self.key(), &entry.etag).await? {
+                        continue;
+                    }
+                    return self.resolve_unlinked().await;
                 }
                 // Its owner died: take it over. `create` looks the key up in the ITSM tool first, so a work
                 // item the owner made before dying is found, not doubled.

@@ -554,3 +554,34 @@ async fn a_slow_servicenow_gets_a_202_within_the_budget_and_the_work_finishes() 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sn.count("incident"), 1, "and only once");
 }
+
+/// A link claimed for a fire whose delivery was never recorded (or whose instance died) holds its key in
+/// `creating`. A resolve that finds it after its lease must not create anything: it drops the claim and
+/// resolves only what ServiceNow has under the key; the next fire then creates as usual.
+#[tokio::test]
+async fn a_resolve_never_creates_from_an_abandoned_claim() {
+    use itsmc::store::Table;
+    let sn = emulator();
+    let itsmc = itsmc_basic(&sn, &[]).await;
+    let body = resolved("orphan", "2026-11-25T12:30:00Z");
+    let alert = itsmc::alert::parse(body.as_bytes()).unwrap();
+    let plans = itsmc::workitem::correlation_keys(
+        "default",
+        itsmc::workitem::WorkItemType::Incident,
+        itsmc::workitem::Grouping::Alert,
+        &alert,
+    );
+    let key = &plans[0].correlation_key;
+    let abandoned = json!({"state": "creating", "owner": "a-delivery-that-was-never-recorded", "leaseUntil": 0});
+    itsmc.intake.store.insert(Table::Links, key, &abandoned).await.unwrap();
+
+    let (status, answer) = itsmc.alert("", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "ignored", "{answer}");
+    assert_eq!(sn.count("incident"), 0, "a resolve created nothing");
+    assert!(itsmc.intake.store.get(Table::Links, key).await.unwrap().is_none(), "the abandoned claim is gone");
+
+    let (status, answer) = itsmc.alert("", &fired("orphan", "2026-11-25T12:40:00Z")).await;
+    assert_eq!((status, answer["action"].as_str()), (200, Some("created")), "{answer}");
+    assert_eq!(sn.count("incident"), 1);
+}

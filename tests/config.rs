@@ -196,6 +196,9 @@ fn state_is_chosen_as_the_functions_host_chooses_its_storage() {
     );
     assert!(error(&[("AzureWebJobsStorage__tableServiceUri", "http://contoso.example")]).contains("https://"));
     assert!(error(&[("ITSMC_TABLE_PREFIX", "1bad-prefix")]).contains("ITSMC_TABLE_PREFIX"));
+    // Identity-based storage without a way to find the tables: refused, never the embedded store by surprise.
+    let e = error(&[("AzureWebJobsStorage__blobServiceUri", "https://contosofn.blob.core.windows.net")]);
+    assert!(e.contains("AzureWebJobsStorage__blobServiceUri") && e.contains("__tableServiceUri"), "{e}");
 }
 
 #[test]

@@ -167,6 +167,16 @@ impl EntraSettings {
     /// As [`from_env`](Self::from_env), through `lookup` (a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<EntraSettings>, ConfigError> {
         let Some(tenant_id) = lookup("ITSMC_ENTRA_TENANT_ID") else {
+            // Half a configuration must not leave the alert route open while the operator believes it closed.
+            let others = ["ITSMC_ENTRA_AUDIENCE", "ITSMC_ENTRA_REQUIRE_ROLE", "ITSMC_ENTRA_AUTHORITY"];
+            if let Some(setting) = others.into_iter().find(|name| lookup(name).is_some()) {
+                return Err(invalid(
+                    "ITSMC_ENTRA_TENANT_ID",
+                    format!(
+                        "{setting} is set, so Entra validation is wanted: set the tenant id too (or unset {setting})"
+                    ),
+                ));
+            }
             return Ok(None);
         };
         let audiences: Vec<String> =
@@ -974,6 +984,9 @@ mod tests {
         assert_eq!(setting(&[("ITSMC_ENTRA_TENANT_ID", "common"), aud]), "ITSMC_ENTRA_TENANT_ID");
         assert_eq!(setting(&[("ITSMC_ENTRA_TENANT_ID", "not a tenant"), aud]), "ITSMC_ENTRA_TENANT_ID");
         assert_eq!(setting(&[("ITSMC_ENTRA_TENANT_ID", "contoso.com")]), "ITSMC_ENTRA_AUDIENCE");
+        // Without the tenant, the other settings do not silently leave the route open.
+        assert_eq!(setting(&[aud]), "ITSMC_ENTRA_TENANT_ID");
+        assert_eq!(setting(&[("ITSMC_ENTRA_REQUIRE_ROLE", "true")]), "ITSMC_ENTRA_TENANT_ID");
         assert_eq!(
             setting(&[("ITSMC_ENTRA_TENANT_ID", "contoso.com"), ("ITSMC_ENTRA_AUDIENCE", "my app")]),
             "ITSMC_ENTRA_AUDIENCE"
