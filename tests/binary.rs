@@ -82,3 +82,37 @@ fn bad_configuration_stops_startup_with_the_setting_named() {
     assert!(stderr.contains("ITSMC_URL: 'http://contoso.service-now.com' must be an https:// URL"), "{stderr}");
     assert!(!stderr.contains("never-printed-password"));
 }
+
+/// Every HTTP function the Functions host exposes (`function-*/function.json`) reaches a route of the
+/// router with its method: the host forwards `/api/<route>` unchanged (`enableForwardingHttpRequest`).
+#[tokio::test]
+async fn every_http_function_reaches_a_route() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let itsmc = support::harness::Itsmc::start(&[]).await;
+    let mut routes = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap().filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("function-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path().join("function.json")).unwrap();
+        let function: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let bindings = function["bindings"].as_array().unwrap();
+        let Some(trigger) = bindings.iter().find(|b| b["type"] == "httpTrigger") else { continue };
+        assert_eq!(trigger["authLevel"], "function", "{name}: the function key guards every route");
+        let route = trigger["route"].as_str().unwrap();
+        for method in trigger["methods"].as_array().unwrap() {
+            let method = reqwest::Method::from_bytes(method.as_str().unwrap().to_uppercase().as_bytes()).unwrap();
+            let response = reqwest::Client::new()
+                .request(method.clone(), format!("{}/api/{route}", itsmc.url))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert!(![404, 405].contains(&response.status().as_u16()), "{name}: {method} /api/{route} is routed");
+        }
+        routes.push(route.to_string());
+    }
+    routes.sort();
+    assert_eq!(routes, ["alert", "health", "workitems"]);
+}
