@@ -95,57 +95,37 @@ store_suite!(embedded, embedded_fixture());
 #[path = "support/azurite.rs"]
 mod azurite;
 
-/// Azure Table Storage, on Azurite: tables of a prefix of this test's own, deleted when it passes (a failed
-/// test leaves them to look at).
+/// Azure Table Storage, on Azurite, with the account key or (`entra`) with Entra bearer tokens over HTTPS:
+/// tables of a prefix of this test's own, deleted when it passes (a failed test leaves them to look at).
 struct Azurite {
     prefix: String,
+    entra: bool,
 }
 
 #[async_trait]
 impl Fixture for Azurite {
     async fn open(&self) -> Arc<dyn Store> {
-        Arc::new(azurite::open(&self.prefix).await)
+        Arc::new(azurite::open(&self.prefix, self.entra).await)
     }
 }
 
 impl Drop for Azurite {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            azurite::drop_tables_blocking(std::mem::take(&mut self.prefix));
+            azurite::drop_tables_blocking(std::mem::take(&mut self.prefix), self.entra);
         }
     }
 }
 
 async fn azurite_fixture() -> Azurite {
-    Azurite { prefix: azurite::fresh_prefix() }
+    Azurite { prefix: azurite::fresh_prefix(), entra: false }
+}
+
+async fn azurite_entra_fixture() -> Azurite {
+    Azurite { prefix: azurite::fresh_prefix(), entra: true }
 }
 
 store_suite!(table_storage, azurite_fixture());
-
-/// Azure Table Storage with Entra bearer tokens instead of the account key, on Azurite over HTTPS.
-struct AzuriteEntra {
-    prefix: String,
-}
-
-#[async_trait]
-impl Fixture for AzuriteEntra {
-    async fn open(&self) -> Arc<dyn Store> {
-        Arc::new(azurite::open_entra(&self.prefix).await)
-    }
-}
-
-impl Drop for AzuriteEntra {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            azurite::drop_entra_tables_blocking(std::mem::take(&mut self.prefix));
-        }
-    }
-}
-
-async fn azurite_entra_fixture() -> AzuriteEntra {
-    AzuriteEntra { prefix: azurite::fresh_prefix() }
-}
-
 store_suite!(table_storage_entra, azurite_entra_fixture());
 
 /// A token for another audience is refused by the service, and the error says what to check.
@@ -1057,14 +1037,14 @@ mod table_storage_only {
     impl Tables {
         async fn new() -> Tables {
             let prefix = azurite::fresh_prefix();
-            Tables { store: Arc::new(azurite::open(&prefix).await), prefix }
+            Tables { store: Arc::new(azurite::open(&prefix, false).await), prefix }
         }
     }
 
     impl Drop for Tables {
         fn drop(&mut self) {
             if !std::thread::panicking() {
-                azurite::drop_tables_blocking(std::mem::take(&mut self.prefix));
+                azurite::drop_tables_blocking(std::mem::take(&mut self.prefix), false);
             }
         }
     }

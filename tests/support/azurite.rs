@@ -31,32 +31,39 @@ pub fn fresh_prefix() -> String {
     format!("t{:016x}", rand::random::<u64>())
 }
 
-/// A store on Azurite with `prefix`'s tables created.
-pub async fn open(prefix: &str) -> TableStore {
-    let endpoint = table_endpoint();
-    let store = TableStore::from_connection_string(&connection_string_for(&endpoint), prefix, http_client())
-        .unwrap_or_else(|err| panic!("ITSMC_TEST_AZURITE_TABLE={endpoint}: {err}"));
+/// A store on Azurite with `prefix`'s tables created: with the account key, or (`entra`) on the HTTPS service
+/// with Entra tokens.
+pub async fn open(prefix: &str, entra: bool) -> TableStore {
+    let endpoint = if entra { entra_endpoint() } else { table_endpoint() };
+    let store = connect(prefix, entra).unwrap_or_else(|err| panic!("Azurite at {endpoint}: {err}"));
     if let Err(err) = store.ensure_tables().await {
         panic!(
             "Azurite's Table service is not usable at {endpoint}: {err}\n\
-             The Table Storage tests need Azurite: run `bash .ci/run`, which installs and starts it; or run \
-             `npm ci --prefix .ci` and start `.ci/node_modules/.bin/azurite-table --inMemoryPersistence` \
-             yourself; or point ITSMC_TEST_AZURITE_TABLE at a running one."
+             The Table Storage tests need Azurite: run `bash .ci/run`, which installs and starts it (the Entra \
+             tests need its second, HTTPS service); or run `npm ci --prefix .ci` and start \
+             `.ci/node_modules/.bin/azurite-table --inMemoryPersistence` yourself; or point \
+             ITSMC_TEST_AZURITE_TABLE at a running one."
         );
     }
     store
 }
 
+fn connect(prefix: &str, entra: bool) -> Result<TableStore, itsmc::store::StoreError> {
+    if entra {
+        let url = entra_endpoint().parse().expect("a URL");
+        TableStore::with_credential(url, StorageTokens::new("https://storage.azure.com"), prefix, entra_http_client())
+    } else {
+        TableStore::from_connection_string(&connection_string_for(&table_endpoint()), prefix, http_client())
+    }
+}
+
 /// Deletes `prefix`'s tables, on a thread and runtime of its own so that a `Drop` can call it. Failures
 /// are ignored: Azurite keeps its tables in memory, and they go when it stops.
-pub fn drop_tables_blocking(prefix: String) {
+pub fn drop_tables_blocking(prefix: String, entra: bool) {
     let cleanup = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         runtime.block_on(async {
-            let endpoint = table_endpoint();
-            if let Ok(store) =
-                TableStore::from_connection_string(&connection_string_for(&endpoint), &prefix, http_client())
-            {
+            if let Ok(store) = connect(&prefix, entra) {
                 let _ = store.drop_tables().await;
             }
         });
@@ -124,34 +131,4 @@ impl azure_core::credentials::TokenCredential for StorageTokens {
             format!("{}.{}.c2lnbmF0dXJl", part(serde_json::json!({"alg": "RS256", "typ": "JWT"})), part(claims));
         Ok(azure_core::credentials::AccessToken::new(token, now + azure_core::time::Duration::hours(1)))
     }
-}
-
-/// A store on the Entra Azurite with `prefix`'s tables created.
-pub async fn open_entra(prefix: &str) -> TableStore {
-    let endpoint = entra_endpoint();
-    let url = endpoint.parse().expect("a URL");
-    let store =
-        TableStore::with_credential(url, StorageTokens::new("https://storage.azure.com"), prefix, entra_http_client())
-            .unwrap_or_else(|err| panic!("ITSMC_TEST_AZURITE_ENTRA_TABLE={endpoint}: {err}"));
-    if let Err(err) = store.ensure_tables().await {
-        panic!(
-            "the HTTPS, Entra-authenticated Azurite is not usable at {endpoint}: {err}\nRun `bash .ci/run`, which starts it."
-        );
-    }
-    store
-}
-
-/// `drop_tables_blocking` for the Entra Azurite.
-pub fn drop_entra_tables_blocking(prefix: String) {
-    let cleanup = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            let url = entra_endpoint().parse().expect("a URL");
-            let tokens = StorageTokens::new("https://storage.azure.com");
-            if let Ok(store) = TableStore::with_credential(url, tokens, &prefix, entra_http_client()) {
-                let _ = store.drop_tables().await;
-            }
-        });
-    });
-    let _ = cleanup.join();
 }
