@@ -21,20 +21,7 @@
 //! itsmc's own client builder: `ITSMC_CA_FILE` makes the TLS handshake succeed, and a vault URL whose
 //! host does not match the challenge gets no token.
 
-#[allow(dead_code)]
-#[path = "support/tls.rs"]
-mod tls;
-
-#[allow(dead_code)]
-#[path = "support/identity.rs"]
-mod identity;
-
-#[allow(dead_code)]
-#[path = "support/keyvault.rs"]
-mod keyvault;
-#[path = "support/servicenow.rs"]
-#[allow(dead_code)]
-mod servicenow;
+mod support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +34,7 @@ use itsmc::secrets::{self, Operation, Refusal, SecretError, SecretNames, Secrets
 
 use identity::{IdentityConfig, IdentityEmulator};
 use keyvault::{Access, Caller, KeyVaultEmulator, PermissionModel};
+use support::{identity, keyvault, servicenow, tls};
 
 /// Set in the child process to the name of the test it runs.
 const CHILD: &str = "ITSMC_SECRETS_TEST_CHILD";

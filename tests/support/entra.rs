@@ -40,7 +40,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
@@ -53,7 +52,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
+
+use super::serve::Server;
 
 /// The emulated tenant (the GUID Microsoft's docs use in examples).
 pub const TENANT_ID: &str = "8eaef023-2b34-4da1-9baa-8bc8c9d6a490";
@@ -188,8 +188,7 @@ pub fn hs256_token(claims: &Value, kid: &str, secret: &[u8]) -> String {
 pub struct EntraEmulator {
     addr: SocketAddr,
     tenant: Arc<Mutex<Tenant>>,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    server: Server,
 }
 
 struct Tenant {
@@ -224,27 +223,8 @@ impl EntraEmulator {
             requests: Vec::new(),
         }));
         let app = Router::new().fallback(handle).with_state(Arc::clone(&tenant));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("entra-emulator".to_owned())
-            .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
-                else {
-                    return;
-                };
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-                // Dropping the runtime closes every connection still open.
-                drop(runtime);
-            })
-            .expect("entra emulator: spawn server thread");
-        EntraEmulator { addr, tenant, stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }
+        let server = Server::http("entra-emulator", listener, app);
+        EntraEmulator { addr, tenant, server }
     }
 
     /// `http://127.0.0.1:PORT/`, the authority to give the validator.
@@ -259,13 +239,7 @@ impl EntraEmulator {
 
     /// Stops serving and closes the port. Idempotent; dropping the emulator does the same.
     pub fn shutdown(&self) {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = stop.send(());
-        }
-        // Graceful shutdown waits for open keep-alive connections only briefly: hyper closes idle ones.
-        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = thread.join();
-        }
+        self.server.shutdown();
     }
 
     /// Adds a key to the published key document (replacing one with the same `kid`).
@@ -381,12 +355,6 @@ impl EntraEmulator {
 
     fn lock(&self) -> MutexGuard<'_, Tenant> {
         lock(&self.tenant)
-    }
-}
-
-impl Drop for EntraEmulator {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 

@@ -32,7 +32,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -41,6 +40,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
+
+use super::serve::Server;
 
 /// The API version App Service's endpoint speaks (the only one this emulator accepts).
 pub const API_VERSION: &str = "2019-08-01";
@@ -177,8 +178,7 @@ pub struct IdentityEmulator {
     addr: SocketAddr,
     shared: Shared,
     tokens: TokenRegistry,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl IdentityEmulator {
@@ -196,26 +196,8 @@ impl IdentityEmulator {
         let tokens = TokenRegistry::default();
         let shared = Arc::new(Mutex::new(Endpoint { config, requests: Vec::new(), tokens: tokens.clone() }));
         let app = Router::new().route(TOKEN_PATH, axum::routing::any(token)).with_state(shared.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("identity-endpoint-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .expect("identity endpoint runtime");
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })
-            .expect("identity endpoint thread");
-        IdentityEmulator { addr, shared, tokens, stop: Some(stop), thread: Some(thread) }
+        let server = Server::http(&format!("identity-endpoint-{}", addr.port()), listener, app);
+        IdentityEmulator { addr, shared, tokens, _server: server }
     }
 
     /// The value for `IDENTITY_ENDPOINT`.
@@ -250,17 +232,6 @@ impl IdentityEmulator {
 
     fn lock(&self) -> MutexGuard<'_, Endpoint> {
         lock(&self.shared)
-    }
-}
-
-impl Drop for IdentityEmulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -7,6 +7,14 @@
 #[allow(dead_code)]
 pub mod entra;
 pub mod harness;
+#[allow(dead_code)]
+pub mod identity;
+#[allow(dead_code)]
+pub mod keyvault;
+#[allow(dead_code)]
+pub mod serve;
+#[allow(dead_code)]
+pub mod tls;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.
 #[allow(dead_code)]
 pub mod servicenow;

@@ -6,13 +6,11 @@
 //! itsmc exactly as an operator would hand a corporate CA through `ITSMC_CA_FILE`
 //! ([`TestCa::http_settings`]), and the client then verifies the emulator's certificate like any other.
 //!
-//! A test file includes this with `#[path = "support/tls.rs"] mod tls;` next to the emulators that use it
-//! (they refer to it as `super::tls`).
+//! Part of `tests/support` (`mod support;`), beside the Key Vault emulator that uses it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,6 +21,8 @@ use rcgen::{
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::serve::Server;
 
 /// A certificate authority that exists only for the life of a test.
 pub struct TestCa {
@@ -115,8 +115,7 @@ impl TestCa {
 /// (or none) the test uses. Dropping it stops the server and closes its connections.
 pub struct TlsServer {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl TlsServer {
@@ -125,37 +124,15 @@ impl TlsServer {
     }
 }
 
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Serve `app` over TLS on an already bound listener (bind first when the address must be known before
 /// anything else starts).
 pub fn serve(listener: std::net::TcpListener, config: Arc<rustls::ServerConfig>, app: Router) -> TlsServer {
     listener.set_nonblocking(true).expect("non-blocking listener");
     let addr = listener.local_addr().expect("listener address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name(format!("tls-server-{}", addr.port()))
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("TLS server runtime");
-            runtime.block_on(accept_loop(listener, config, app, stopped));
-            // Dropping the runtime cancels every connection task, which closes their sockets.
-            drop(runtime);
-        })
-        .expect("TLS server thread");
-    TlsServer { addr, stop: Some(stop), thread: Some(thread) }
+    let server = Server::spawn(&format!("tls-server-{}", addr.port()), move |stopped| {
+        accept_loop(listener, config, app, stopped)
+    });
+    TlsServer { addr, _server: server }
 }
 
 async fn accept_loop(

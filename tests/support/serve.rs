@@ -1,0 +1,68 @@
+//! A test server on a thread and runtime of its own, so it keeps answering whatever the test's runtime does
+//! (a paused clock, a blocked thread, a test that has finished), and stops when dropped.
+
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use axum::Router;
+use tokio::sync::oneshot;
+
+pub struct Server {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Serve `app` over plain HTTP on `listener` until stopped.
+    pub fn http(name: &str, listener: std::net::TcpListener, app: Router) -> Server {
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        Server::spawn(name, move |stopped| async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        })
+    }
+
+    /// Run `serve` (given the signal to stop on) on a new thread and runtime named `name`.
+    pub fn spawn<F, Fut>(name: &str, serve: F) -> Server
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the test server");
+                runtime.block_on(serve(stopped));
+                // Dropping the runtime cancels every connection task still open, which closes its socket.
+                drop(runtime);
+            })
+            .expect("a thread for the test server");
+        Server { stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Stop serving and wait for the thread; later calls do nothing.
+    pub fn shutdown(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
