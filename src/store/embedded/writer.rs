@@ -31,9 +31,10 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// 60-90 µs of CPU however little it carries (measured on a 2-core VM), and on a disk that syncs in
 /// 150 µs a writer that commits as soon as anything is queued makes thousands of small commits a
 /// second. The price is latency: a write waits up to this long for its batch to start, and the create
-/// path waits for two commits. 2 ms put p99 at 1,000 alerts/s at 4.9-5.7 ms (target 5); 1 ms measured
-/// 3.6-3.7 ms there with no loss in throughput or CPU per alert (`cargo bench --bench loadgen`).
-const COMMIT_INTERVAL: Duration = Duration::from_millis(1);
+/// path waits for two commits. Measured at 1,000 alerts/s (`cargo bench --bench loadgen`): 2 ms gave p99
+/// 4.9-13.8 ms, 1 ms 3.3-7.3 ms, 500 µs 3.1-4.9 ms (p50 1.2 ms), with throughput and CPU per alert the same
+/// within the noise of the machine.
+const COMMIT_INTERVAL: Duration = Duration::from_micros(500);
 
 /// Batches that are not paced: one op is a caller alone, who would only wait longer for the same
 /// fsync, and a batch this large already spreads its fsync thin.
