@@ -541,6 +541,18 @@ fn connections_from_toml(
         if out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)) {
             return Err(invalid(format!("{at}.name"), "two connections have this name"));
         }
+        // Key Vault names know no '_' and ignore case: `prod_eu` and `prod-eu` would share their secrets.
+        let vault_name = |name: &str| crate::secrets::key_vault_name(name).to_ascii_lowercase();
+        if vault && let Some(other) = out.iter().find(|o| vault_name(&o.name) == vault_name(&c.name)) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!(
+                    "its Key Vault secrets would be those of connection '{}' ({}-password, ...); rename one",
+                    other.name,
+                    vault_name(&c.name)
+                ),
+            ));
+        }
         let product = match c.product.to_ascii_lowercase().as_str() {
             "dry-run" | "dryrun" => Product::DryRun,
             "servicenow" => {

@@ -238,3 +238,17 @@ fn with_key_vault_the_secrets_left_out_are_read_from_it_by_connection_name() {
         error(&[("ITSMC_PRODUCT", "servicenow"), ("ITSMC_URL", "https://x.service-now.com"), ("ITSMC_USERNAME", "u")]);
     assert!(e.contains("ITSMC_PASSWORD") && e.contains("ITSMC_KEY_VAULT_URL"), "{e}");
 }
+
+/// Key Vault secret names know no '_' and ignore case, so with Key Vault two connections whose names differ
+/// only there would read each other's secrets: refused. Without Key Vault both names are fine.
+#[test]
+fn connections_whose_key_vault_names_collide_are_refused() {
+    let file = "[[connections]]\nname = \"prod_eu\"\nproduct = \"dry-run\"\n\n[[connections]]\nname = \"Prod-EU\"\nproduct = \"dry-run\"\n";
+    assert_eq!(with_file(file, &[]).unwrap().connections.len(), 2);
+    let e =
+        with_file(file, &[("ITSMC_KEY_VAULT_URL", "https://contoso-itsmc.vault.azure.net/")]).unwrap_err().to_string();
+    assert!(
+        e.contains("connections[1] (Prod-EU).name") && e.contains("prod_eu") && e.contains("prod-eu-password"),
+        "{e}"
+    );
+}
