@@ -233,12 +233,9 @@ async fn open_loop(url: &str, rate: u64, seconds: u64, tag: &str) -> (Vec<Durati
 }
 
 /// One closed-loop run whose every answer must be `expected`; prints rate, latency and itsmc's CPU per alert.
-async fn measured_run(name: &str, expected: &str, url: &str, pid: u32, bodies: Vec<String>, concurrency: usize) {
-    measured_run_with(name, expected, url, pid, None, bodies, concurrency).await;
-}
-
-/// As `measured_run`, also reporting the CPU of a server itsmc depends on (`other`: its name and pid).
-async fn measured_run_with(
+/// One closed-loop run: throughput, latency and itsmc CPU per alert, and the CPU of a server itsmc depends on
+/// (`other`: its name and pid).
+async fn measured_run(
     name: &str,
     expected: &str,
     url: &str,
@@ -303,9 +300,9 @@ fn main() {
         let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "warm")).collect(), concurrency).await;
 
         let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "create")).collect();
-        measured_run("create path", "created", &itsmc.url, pid, bodies.clone(), concurrency).await;
+        measured_run("create path", "created", &itsmc.url, pid, None, bodies.clone(), concurrency).await;
         println!("peak RSS after the create run: {:.1} MB", rss_kib(pid) as f64 / 1024.0);
-        measured_run("duplicates", "duplicate", &itsmc.url, pid, bodies, concurrency).await;
+        measured_run("duplicates", "duplicate", &itsmc.url, pid, None, bodies, concurrency).await;
 
         let (latencies, failed) = open_loop(&itsmc.url, rate, seconds, "steady").await;
         assert_eq!(failed, 0);
@@ -338,9 +335,8 @@ async fn table_storage_runs(sn_url: &str, concurrency: usize) {
     let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "table-warm")).collect(), concurrency).await;
     let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "table-create")).collect();
     let other = Some(("azurite", azurite));
-    measured_run_with("table storage, create path", "created", &itsmc.url, pid, other, bodies.clone(), concurrency)
-        .await;
-    measured_run_with("table storage, duplicates", "duplicate", &itsmc.url, pid, other, bodies, concurrency).await;
+    measured_run("table storage, create path", "created", &itsmc.url, pid, other, bodies.clone(), concurrency).await;
+    measured_run("table storage, duplicates", "duplicate", &itsmc.url, pid, other, bodies, concurrency).await;
 }
 
 /// The azurite-table process, found by its command line.

@@ -61,7 +61,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { setting: setting.into(), message: message.into() }
 }
 
@@ -307,8 +307,7 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
 /// An https URL (http only to this machine), as a storage or vault endpoint must be.
 fn storage_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
-    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+    if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
         return Err(invalid(setting, format!("'{raw}' must be an https:// URL")));
     }
     Ok(url)
@@ -350,11 +349,9 @@ const DEFAULT_CLOSE_NOTES: &str =
 
 fn servicenow_url(setting: &str, raw: &str) -> Result<String, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
-    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match url.scheme() {
         "https" => {}
-        // Credentials travel with every request: plain http only to this machine (tests, a local tunnel).
-        "http" if loopback => {}
+        "http" if crate::http::plain_http_allowed(&url) => {}
         _ => return Err(invalid(setting, format!("'{raw}' must be an https:// URL"))),
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -374,22 +371,23 @@ struct GivenSecrets {
 
 fn servicenow_auth(prefix: &str, username: Option<String>, given: GivenSecrets) -> Result<ServiceNowAuth, ConfigError> {
     let username = username.ok_or_else(|| invalid(format!("{prefix}USERNAME"), "ServiceNow needs a user name"))?;
-    let from_vault = |name: fn(&crate::secrets::SecretNames) -> &String| {
-        given.vault_names.as_ref().map(|names| SecretSetting::KeyVault(name(names).clone()))
-    };
-    let password =
-        given.password.map(SecretSetting::Value).or_else(|| from_vault(|n| &n.password)).ok_or_else(|| {
-            invalid(
+    let vault = given.vault_names;
+    let password = match (given.password, &vault) {
+        (Some(password), _) => SecretSetting::Value(password),
+        (None, Some(names)) => SecretSetting::KeyVault(names.password.clone()),
+        (None, None) => {
+            return Err(invalid(
                 format!("{prefix}PASSWORD"),
                 "ServiceNow needs the user's password (or ITSMC_KEY_VAULT_URL holding it)",
-            )
-        })?;
-    let client_secret = match (&given.client_id, given.client_secret) {
-        (_, Some(secret)) => Some(SecretSetting::Value(secret)),
-        (Some(_), None) => from_vault(|n| &n.client_secret),
-        (None, None) => None,
+            ));
+        }
     };
-    let refresh_token = given.vault_names.as_ref().map(|names| names.refresh_token.clone());
+    let client_secret = match (given.client_secret, &given.client_id, &vault) {
+        (Some(secret), _, _) => Some(SecretSetting::Value(secret)),
+        (None, Some(_), Some(names)) => Some(SecretSetting::KeyVault(names.client_secret.clone())),
+        (None, _, _) => None,
+    };
+    let refresh_token = vault.map(|names| names.refresh_token);
     match (given.client_id, client_secret) {
         (Some(client_id), Some(client_secret)) => {
             Ok(ServiceNowAuth::OAuth { username, password, client_id, client_secret, refresh_token })

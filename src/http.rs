@@ -32,6 +32,17 @@ impl Default for HttpSettings {
     }
 }
 
+/// Whether `url` may be plain `http://`: only to this machine (tests, Azurite, a local tunnel). Credentials,
+/// tokens or the keys that decide who gets in travel to every URL itsmc is given, so anywhere else it is https.
+pub fn plain_http_allowed(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 pub fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("itsmc/", env!("CARGO_PKG_VERSION")))

@@ -6,11 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::harness::fixture;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use support::harness::{fixture, free_port};
 
 #[tokio::test]
 async fn serve_runs_on_embedded_defaults() {

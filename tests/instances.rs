@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
-use support::harness::eventually;
+use support::harness::{eventually, free_port};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 
 const USER: &str = "itsmc";
@@ -23,10 +23,6 @@ const PASSWORD: &str = "instances-password";
 
 fn azurite() -> String {
     std::env::var("ITSMC_TEST_AZURITE_CONNECTION_STRING").unwrap_or_else(|_| "UseDevelopmentStorage=true".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One `itsmc serve` process; killed (SIGKILL) when dropped.

@@ -70,7 +70,7 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, invalid};
 
 /// Application id of "Azure Monitor action group", the first-party app that gets the token.
 pub const ACTION_GROUP_APP_ID: &str = "461e8683-5575-4561-ac7f-899cc907d62a";
@@ -123,10 +123,6 @@ pub struct EntraSettings {
     pub require_role: bool,
     /// Entra's login endpoint, ending in `/`.
     pub authority: url::Url,
-}
-
-fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { setting: setting.to_string(), message: message.into() }
 }
 
 impl EntraSettings {
@@ -264,22 +260,13 @@ fn audience(raw: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
 fn authority_url(raw: &str) -> Result<url::Url, ConfigError> {
     const SETTING: &str = "ITSMC_ENTRA_AUTHORITY";
     let mut url = url::Url::parse(raw.trim()).map_err(|e| invalid(SETTING, format!("'{raw}' is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
         // The keys that decide who gets in come from here: plain http only to this machine (tests).
-        "http" if is_loopback(&url) => {}
+        "http" if crate::http::plain_http_allowed(&url) => {}
         _ => return Err(invalid(SETTING, format!("'{raw}' must be an https:// URL"))),
     }
     if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {

@@ -33,6 +33,11 @@ pub fn fixture(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
+/// A port nothing listens on now, for a process that binds it itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 impl Itsmc {
     /// Start with these settings (as environment variables) and a fresh temporary data directory.
     pub async fn start(settings: &[(&str, &str)]) -> Itsmc {

@@ -110,22 +110,13 @@ pub(super) fn check_endpoint(mut endpoint: Url, setting: &str) -> Result<Url, St
     }
     match endpoint.scheme() {
         "https" => {}
-        "http" if is_loopback(&endpoint) => {}
+        "http" if crate::http::plain_http_allowed(&endpoint) => {}
         "http" => return Err(bad(&format!("'{endpoint}' must be an https:// URL (http is only for loopback)"))),
         other => return Err(bad(&format!("'{other}' is not http or https"))),
     }
     let path = endpoint.path().trim_end_matches('/').to_owned();
     endpoint.set_path(&path);
     Ok(endpoint)
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 /// The two table names for `prefix`, e.g. `itsmclinks`: Table Storage names are 3 to 63 letters and
