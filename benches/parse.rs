@@ -15,7 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use itsmc::workitem::{Content, Grouping, Scope, WorkItemType};
 use serde_json::{Value, json};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/azure-monitor");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/azure-monitor");
 
 /// A bare `alertContext` sample inside a common schema envelope.
 fn envelope(fragment: &Value) -> Value {

@@ -450,7 +450,7 @@ async fn alerts_go_to_em_alert() {
 async fn every_fixture_is_accepted() {
     let sn = emulator();
     let itsmc = itsmc_basic(&sn, &[]).await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/azure-monitor");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-monitor");
     let mut names: Vec<_> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use itsmc::alert::{Alert, Condition, ParseError, Schema, Severity, parse};
 use serde_json::{Value, json};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/azure-monitor");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/azure-monitor");
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(FIXTURES).join(name)

@@ -27,9 +27,10 @@ impl Drop for Itsmc {
     }
 }
 
-/// The fixtures directory: `../shared/fixtures/<dir>/<name>`.
+/// A fixture: `tests/fixtures/<dir>/<name>`, the team's `../shared/fixtures` copied into the repository so that a
+/// clone runs its tests alone (provenance in `tests/fixtures/SOURCES.md`).
 pub fn fixture(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 

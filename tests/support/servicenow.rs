@@ -12,7 +12,8 @@
 //!   `sysparm_no_count`, `sysparm_suppress_pagination_header`, name=value filters, `X-no-response-body`.
 //!   Reference fields (a fixed list: `caller_id`, `assignment_group`, `cmdb_ci`…) render as
 //!   `{link, value}`. Source: ServiceNow docs "Table API" (`c_TableAPI`, Australia release, read in
-//!   the ServiceNow/ServiceNowDocs repository) and the fixtures in `/work/shared/fixtures/protocols/`.
+//!   the ServiceNow/ServiceNowDocs repository) and the fixtures in `tests/fixtures/protocols/` (a copy of
+//!   the team's `../shared/fixtures`).
 //!   The `Link` header follows a captured one: `last` is `total - limit`, `prev` is `offset - limit`
 //!   even when that is negative, `next` only while records remain.
 //!   `work_notes` and `comments` are journal fields: appended to `sys_journal_field` (queryable through
