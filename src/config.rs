@@ -369,6 +369,42 @@ struct GivenSecrets {
     vault_names: Option<crate::secrets::SecretNames>,
 }
 
+/// Overrides of a connection's Key Vault secret names, each `None` keeping the default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NameOverrides {
+    password: Option<String>,
+    client_secret: Option<String>,
+    refresh_token: Option<String>,
+}
+
+impl NameOverrides {
+    fn any(&self) -> bool {
+        self.password.is_some() || self.client_secret.is_some() || self.refresh_token.is_some()
+    }
+}
+
+/// The connection's secret names: the defaults with `overrides` applied, each checked against what Key
+/// Vault allows. `setting(kind)` names the setting an override came from, for the error.
+fn vault_names(
+    connection: &str,
+    overrides: NameOverrides,
+    setting: impl Fn(&str) -> String,
+) -> Result<crate::secrets::SecretNames, ConfigError> {
+    let mut names = crate::secrets::SecretNames::for_connection(connection);
+    for (kind, name, given) in [
+        ("password", &mut names.password, overrides.password),
+        ("client_secret", &mut names.client_secret, overrides.client_secret),
+        ("refresh_token", &mut names.refresh_token, overrides.refresh_token),
+    ] {
+        if let Some(given) = given {
+            crate::secrets::check_name(&given).map_err(|e| invalid(setting(kind), e.to_string()))?;
+            *name = given;
+        }
+    }
+    Ok(names)
+}
+
 fn servicenow_auth(prefix: &str, username: Option<String>, given: GivenSecrets) -> Result<ServiceNowAuth, ConfigError> {
     let username = username.ok_or_else(|| invalid(format!("{prefix}USERNAME"), "ServiceNow needs a user name"))?;
     let vault = given.vault_names;
@@ -409,11 +445,17 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
         Some("servicenow") => {
             let raw = lookup("ITSMC_URL").ok_or_else(|| invalid("ITSMC_URL", "ServiceNow needs the instance URL"))?;
             let url = servicenow_url("ITSMC_URL", &raw)?;
+            let env_setting = |kind: &str| format!("ITSMC_{}_SECRET_NAME", kind.to_ascii_uppercase());
+            let overrides = NameOverrides {
+                password: lookup(&env_setting("password")),
+                client_secret: lookup(&env_setting("client_secret")),
+                refresh_token: lookup(&env_setting("refresh_token")),
+            };
             let given = GivenSecrets {
                 password: lookup("ITSMC_PASSWORD").map(Secret),
                 client_id: lookup("ITSMC_CLIENT_ID"),
                 client_secret: lookup("ITSMC_CLIENT_SECRET").map(Secret),
-                vault_names: vault.then(|| crate::secrets::SecretNames::for_connection(&name)),
+                vault_names: vault.then(|| vault_names(&name, overrides, env_setting)).transpose()?,
             };
             let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
             Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
@@ -479,6 +521,9 @@ struct FileConnection {
     client_id: Option<String>,
     client_secret: Option<Secret>,
     client_secret_env: Option<String>,
+    /// Key Vault secret names other than the defaults (`<name>-password`, ...).
+    #[serde(default)]
+    key_vault_names: NameOverrides,
     work_item_type: Option<String>,
     grouping: Option<String>,
     short_description_max: Option<usize>,
@@ -531,6 +576,7 @@ fn connections_from_toml(
         return Err(invalid("connections", "the file defines no [[connections]]"));
     }
     let mut out: Vec<Connection> = Vec::new();
+    let mut refresh_token_names: Vec<(String, String)> = Vec::new();
     for (i, c) in file.connections.into_iter().enumerate() {
         let at = format!("connections[{i}] ({})", c.name);
         if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
@@ -540,12 +586,17 @@ fn connections_from_toml(
             return Err(invalid(format!("{at}.name"), "two connections have this name"));
         }
         // Key Vault names know no '_' and ignore case: `prod_eu` and `prod-eu` would share their secrets.
+        // Named explicitly, two connections may share a password or client secret (one service account).
         let vault_name = |name: &str| crate::secrets::key_vault_name(name).to_ascii_lowercase();
-        if vault && let Some(other) = out.iter().find(|o| vault_name(&o.name) == vault_name(&c.name)) {
+        if vault
+            && !c.key_vault_names.any()
+            && let Some(other) = out.iter().find(|o| vault_name(&o.name) == vault_name(&c.name))
+        {
             return Err(invalid(
                 format!("{at}.name"),
                 format!(
-                    "its Key Vault secrets would be those of connection '{}' ({}-password, ...); rename one",
+                    "its Key Vault secrets would be those of connection '{}' ({}-password, ...); rename one \
+                     or give it key_vault_names",
                     other.name,
                     vault_name(&c.name)
                 ),
@@ -558,12 +609,23 @@ fn connections_from_toml(
                 let password = secret_from(lookup, &format!("{at}.password"), c.password, c.password_env)?;
                 let client_secret =
                     secret_from(lookup, &format!("{at}.client_secret"), c.client_secret, c.client_secret_env)?;
-                let given = GivenSecrets {
-                    password,
-                    client_id: c.client_id,
-                    client_secret,
-                    vault_names: vault.then(|| crate::secrets::SecretNames::for_connection(&c.name)),
-                };
+                let names = vault
+                    .then(|| vault_names(&c.name, c.key_vault_names, |kind| format!("{at}.key_vault_names.{kind}")))
+                    .transpose()?;
+                // Each connection writes its own refresh token back: two sharing one would undo each other.
+                if let Some(names) = &names
+                    && let Some(other) =
+                        refresh_token_names.iter().find(|(_, n)| n.eq_ignore_ascii_case(&names.refresh_token))
+                {
+                    return Err(invalid(
+                        format!("{at}.key_vault_names.refresh_token"),
+                        format!("connection '{}' already keeps its refresh token in '{}'", other.0, other.1),
+                    ));
+                }
+                if let Some(names) = &names {
+                    refresh_token_names.push((c.name.clone(), names.refresh_token.clone()));
+                }
+                let given = GivenSecrets { password, client_id: c.client_id, client_secret, vault_names: names };
                 let auth = servicenow_auth(&format!("{at}."), c.username, given)
                     .map_err(|e| invalid(e.setting.to_ascii_lowercase(), e.message))?;
                 Product::ServiceNow(ServiceNowSettings {

@@ -54,8 +54,8 @@ const MAX_DETAIL: usize = 600;
 /// digits and `-`, so every other character of the connection name becomes `-` (`prod_eu` ->
 /// `prod-eu-password`); Key Vault also ignores case. Two connections whose names differ only in those
 /// respects (`prod_eu`, `prod-eu`, `PROD-EU`) therefore map to the same secrets: give one of them
-/// explicit names. Any name can be overridden (the fields are public); [`SecretNames::validate`] checks
-/// overrides before first use.
+/// explicit names (`key_vault_names` in the connections file, `ITSMC_*_SECRET_NAME` in the environment; the
+/// configuration checks each with [`check_name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretNames {
     /// The ITSM user's password.
@@ -89,7 +89,8 @@ pub fn key_vault_name(raw: &str) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect()
 }
 
-fn check_name(name: &str) -> Result<(), SecretError> {
+/// Whether Key Vault accepts `name` as a secret name.
+pub fn check_name(name: &str) -> Result<(), SecretError> {
     let reason = if name.is_empty() {
         "it is empty".to_string()
     } else if name.len() > MAX_NAME_LENGTH {

@@ -252,3 +252,55 @@ fn connections_whose_key_vault_names_collide_are_refused() {
         "{e}"
     );
 }
+
+/// Secret names can be chosen per connection: in the environment for the one connection it defines, in
+/// the file under `key_vault_names`. Two connections may share a password by naming it, never a refresh
+/// token (each writes its own back). A name Key Vault would refuse is an error naming the setting.
+#[test]
+fn key_vault_secret_names_can_be_overridden() {
+    let vault = ("ITSMC_KEY_VAULT_URL", "https://contoso-itsmc.vault.azure.net/");
+    let config = load(&[
+        vault,
+        ("ITSMC_PRODUCT", "servicenow"),
+        ("ITSMC_URL", "https://contoso.service-now.com"),
+        ("ITSMC_USERNAME", "svc"),
+        ("ITSMC_CLIENT_ID", "cid"),
+        ("ITSMC_PASSWORD_SECRET_NAME", "snow-svc-pw"),
+        ("ITSMC_REFRESH_TOKEN_SECRET_NAME", "snow-rt"),
+    ])
+    .unwrap();
+    let Product::ServiceNow(settings) = &config.connections[0].product else { panic!() };
+    let ServiceNowAuth::OAuth { password, client_secret, refresh_token, .. } = &settings.auth else { panic!() };
+    assert_eq!(password, &SecretSetting::KeyVault("snow-svc-pw".into()));
+    assert_eq!(client_secret, &SecretSetting::KeyVault("default-client-secret".into()));
+    assert_eq!(refresh_token.as_deref(), Some("snow-rt"));
+
+    let e = error(&[
+        vault,
+        ("ITSMC_PRODUCT", "servicenow"),
+        ("ITSMC_URL", "https://contoso.service-now.com"),
+        ("ITSMC_USERNAME", "svc"),
+        ("ITSMC_PASSWORD_SECRET_NAME", "snow_pw"),
+    ]);
+    assert!(e.starts_with("ITSMC_PASSWORD_SECRET_NAME:") && e.contains("'_'"), "{e}");
+
+    let connection = |name: &str, names: &str| {
+        format!(
+            "[[connections]]\nname = \"{name}\"\nproduct = \"servicenow\"\nurl = \"https://contoso.service-now.com\"\n\
+             username = \"svc\"\nclient_id = \"cid\"\nkey_vault_names = {{ {names} }}\n"
+        )
+    };
+    let shared_password = connection("a", "password = \"svc-pw\"") + &connection("b", "password = \"svc-pw\"");
+    let config = with_file(&shared_password, &[vault]).unwrap();
+    for (connection, refresh) in config.connections.iter().zip(["a-refresh-token", "b-refresh-token"]) {
+        let Product::ServiceNow(settings) = &connection.product else { panic!() };
+        let ServiceNowAuth::OAuth { password, refresh_token, .. } = &settings.auth else { panic!() };
+        assert_eq!(password, &SecretSetting::KeyVault("svc-pw".into()));
+        assert_eq!(refresh_token.as_deref(), Some(refresh));
+    }
+    let shared_token = connection("a", "") + &connection("b", "refresh_token = \"A-Refresh-Token\"");
+    let e = with_file(&shared_token, &[vault]).unwrap_err().to_string();
+    assert!(e.contains("connections[1] (b).key_vault_names.refresh_token") && e.contains("'a'"), "{e}");
+    let unknown = connection("a", "passwrd = \"x\"");
+    assert!(with_file(&unknown, &[vault]).unwrap_err().to_string().contains("passwrd"));
+}
