@@ -95,10 +95,40 @@ pub struct Intake {
     connectors: HashMap<String, Arc<dyn Connector>>,
     pub journal: Arc<itsm::dry_run::Journal>,
     recent: Mutex<VecDeque<Recent>>,
+    done: Mutex<DoneCache>,
     pub(crate) wakeup: Wakeup,
 }
 
 const RECENT: usize = 500;
+
+/// The work items of deliveries this instance finished, newest last. A finished delivery's outcome never
+/// changes, so a duplicate that reaches the instance that ran it is answered from here without a store
+/// request (Table Storage would take two: the refused insert, then a read for the work items to name).
+#[derive(Default)]
+struct DoneCache {
+    outcomes: HashMap<String, Vec<WorkItemView>>,
+    order: VecDeque<String>,
+}
+
+impl DoneCache {
+    const CAPACITY: usize = 4096;
+
+    fn get(&self, delivery: &str) -> Option<Outcome> {
+        let work_items = self.outcomes.get(delivery)?.clone();
+        Some(Outcome { action: Action::Duplicate, work_items })
+    }
+
+    fn put(&mut self, delivery: &str, outcome: &Outcome) {
+        if self.outcomes.insert(delivery.to_owned(), outcome.work_items.clone()).is_none() {
+            self.order.push_back(delivery.to_owned());
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.outcomes.remove(&oldest);
+            }
+        }
+    }
+}
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -132,7 +162,15 @@ impl Intake {
             .iter()
             .map(|c| (c.name.to_ascii_lowercase(), itsm::connect(c, http.clone(), journal.clone(), vault.clone())))
             .collect();
-        Intake { config, store, connectors, journal, recent: Mutex::new(VecDeque::new()), wakeup: Wakeup::default() }
+        Intake {
+            config,
+            store,
+            connectors,
+            journal,
+            recent: Mutex::default(),
+            done: Mutex::default(),
+            wakeup: Wakeup::default(),
+        }
     }
 
     pub fn connection(&self, name: &str) -> Option<(&Arc<Connection>, &Arc<dyn Connector>)> {
@@ -208,6 +246,9 @@ impl Intake {
         let alert = alert::parse(body).map_err(|e| bad(e.code, e.message))?;
         let resolved = self.resolve_options(options)?;
         let delivery = workitem::delivery_id(&resolved.connection, resolved.kind, &alert);
+        if let Some(outcome) = self.done.lock().ok().and_then(|done| done.get(&delivery)) {
+            return Ok(outcome);
+        }
         let now = now_ms();
         let record = json!({
             "state": "pending",
@@ -335,7 +376,13 @@ impl Intake {
         };
         let (recorded, ()) = tokio::join!(record_outcome, record_links);
         match recorded {
-            Ok(Swap::Replaced { .. }) => {}
+            Ok(Swap::Replaced { .. }) => {
+                if let (Ok(outcome), Ok(mut done)) = (&answer, self.done.lock())
+                    && record["state"] == "done"
+                {
+                    done.put(&delivery, outcome);
+                }
+            }
             Ok(Swap::Stale(_)) => tracing::warn!(delivery, "the delivery record changed while it was processed"),
             // The record keeps its lease: after it runs out the outbox runs the delivery again.
             Err(e) => tracing::warn!(delivery, error = %e, "the outcome could not be recorded"),

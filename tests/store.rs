@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use itsmc::store::{EmbeddedStore, Entry, Filter, Insert, Store, StoreError, Swap, Table};
+use itsmc::store::{EmbeddedStore, Entry, Filter, Insert, Page, Store, StoreError, Swap, Table};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -1517,4 +1517,112 @@ mod table_storage_only {
         let message = unavailable(store.ensure_tables().await.map(|()| None));
         assert!(message.contains("creating table itsmclinks"), "{message}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the alert path asks of the store
+// ---------------------------------------------------------------------------------------------
+
+/// A store that records every call before passing it on. Each call is one Table Storage request, except an
+/// `insert` that meets an existing entity, which reads it back (two).
+struct Counting {
+    inner: Arc<dyn Store>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl Counting {
+    fn log(&self, op: &str, table: Table) {
+        self.calls.lock().unwrap().push(format!("{op} {}", table.name()));
+    }
+    fn take(&self) -> Vec<String> {
+        let mut calls = std::mem::take(&mut *self.calls.lock().unwrap());
+        calls.sort();
+        calls
+    }
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.log("get", table);
+        self.inner.get(table, key).await
+    }
+    async fn insert(&self, table: Table, key: &str, value: &Value) -> Result<Insert, StoreError> {
+        self.log("insert", table);
+        self.inner.insert(table, key, value).await
+    }
+    async fn claim(&self, table: Table, key: &str, value: &Value) -> Result<Option<String>, StoreError> {
+        self.log("claim", table);
+        self.inner.claim(table, key, value).await
+    }
+    async fn replace(&self, table: Table, key: &str, value: &Value, if_match: &str) -> Result<Swap, StoreError> {
+        self.log("replace", table);
+        self.inner.replace(table, key, value, if_match).await
+    }
+    async fn delete(&self, table: Table, key: &str, if_match: &str) -> Result<bool, StoreError> {
+        self.log("delete", table);
+        self.inner.delete(table, key, if_match).await
+    }
+    async fn scan(
+        &self,
+        table: Table,
+        filter: Option<Filter<'_>>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.log("scan", table);
+        self.inner.scan(table, filter, continuation, limit).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The store requests of the alert path, as BENCHMARKS.md counts them: a new alert claims its delivery
+/// and link blind, and records both after the ITSM call, reading nothing; a duplicate at the instance that
+/// ran the delivery costs nothing; one at another instance is refused by the claim and read back.
+#[tokio::test]
+async fn the_alert_path_makes_the_store_requests_it_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let instance = || {
+        let counting = Arc::new(Counting { inner: shared.clone(), calls: Default::default() });
+        let config = itsmc::config::Config::from_lookup(|_| None).expect("the embedded defaults");
+        let http = itsmc::http::build_client(&config.http).expect("client");
+        let intake = Arc::new(itsmc::intake::Intake::new(Arc::new(config), counting.clone(), http, None));
+        (intake, counting)
+    };
+    let (first, first_calls) = instance();
+    let (second, second_calls) = instance();
+    let options = itsmc::intake::Options::default();
+    let body = json!({
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {"essentials": {
+            "alertId": "/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/budget-1",
+            "alertRule": "cpu-high", "severity": "Sev2", "monitorCondition": "Fired",
+            "alertTargetIDs": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"]
+        }, "alertContext": {}}
+    })
+    .to_string();
+
+    let created = first.accept(body.as_bytes(), &options).await.expect("created");
+    assert_eq!(created.action, itsmc::intake::Action::Created);
+    assert_eq!(
+        first_calls.take(),
+        ["claim links", "insert deliveries", "replace deliveries", "replace links"],
+        "a new alert: two blind claims, then two conditional replaces"
+    );
+
+    let again = first.accept(body.as_bytes(), &options).await.expect("duplicate");
+    assert_eq!(again.action, itsmc::intake::Action::Duplicate);
+    assert_eq!(again.work_items, created.work_items, "the duplicate names the work item");
+    assert!(first_calls.take().is_empty(), "a duplicate at the instance that ran it asks the store nothing");
+
+    let elsewhere = second.accept(body.as_bytes(), &options).await.expect("duplicate");
+    assert_eq!((elsewhere.action, &elsewhere.work_items), (itsmc::intake::Action::Duplicate, &created.work_items));
+    assert_eq!(
+        second_calls.take(),
+        ["claim links", "insert deliveries"],
+        "a duplicate at another instance: the refused claims (and Table Storage's read of the delivery)"
+    );
 }
