@@ -18,3 +18,5 @@ pub mod tls;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.
 #[allow(dead_code)]
 pub mod servicenow;
+#[allow(dead_code)]
+pub mod logs_ingestion;

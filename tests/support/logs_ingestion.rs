@@ -1,0 +1,1 @@
+//! The Azure Monitor Logs Ingestion API in a box (being written).
