@@ -194,8 +194,29 @@ pub struct Config {
     pub key_vault: Option<KeyVaultSettings>,
     /// Entra validation of Secure Webhook tokens on the alert route (`ITSMC_ENTRA_*`); `None`: off.
     pub entra: Option<crate::server::entra::EntraSettings>,
+    /// function-sync: what to copy into Log Analytics, how far back, how fast.
+    pub sync: SyncSettings,
+    /// Where the sync sends rows; `None` (no `ITSMC_LOGS_ENDPOINT`): into the local store.
+    pub logs: Option<crate::ingest::client::IngestionSettings>,
     /// The first connection is the default one (`/api/alert` without `?connection=`).
     pub connections: Vec<Arc<Connection>>,
+}
+
+/// function-sync's settings (`ITSMC_SYNC_*`).
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// How far back a first sync starts: 1 to 120 days (ITSMC's maximum), default 120.
+    pub days: u32,
+    /// The kinds synced, default both.
+    pub kinds: Vec<crate::sync::SyncKind>,
+    /// Records per request to the ITSM tool.
+    pub page_size: usize,
+    /// How far before its watermark a run starts reading again, for records committed late.
+    pub overlap: Duration,
+    /// How long one timer invocation may sync, below the host's `functionTimeout`.
+    pub budget: Duration,
+    /// The local server's own schedule (`ITSMC_SYNC_SCHEDULE`, the timer trigger's NCRONTAB with seconds).
+    pub schedule: crate::sync::schedule::Schedule,
 }
 
 impl Config {
@@ -234,7 +255,11 @@ impl Config {
             None => vec![connection_from_env(&lookup, vault)?],
         };
         let entra = crate::server::entra::EntraSettings::from_lookup(&lookup)?;
+        let sync = sync_settings(&lookup)?;
+        let logs = ingestion_settings(&lookup)?;
         Ok(Config {
+            sync,
+            logs,
             state,
             key_vault,
             entra,
@@ -251,6 +276,61 @@ impl Config {
             Some(name) => self.connections.iter().find(|c| c.name.eq_ignore_ascii_case(name)),
         }
     }
+}
+
+fn sync_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<SyncSettings, ConfigError> {
+    let kinds = match lookup("ITSMC_SYNC_KINDS") {
+        None => crate::sync::SyncKind::ALL.to_vec(),
+        Some(raw) => raw
+            .split(',')
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                crate::sync::SyncKind::parse(k).ok_or_else(|| {
+                    invalid("ITSMC_SYNC_KINDS", format!("'{}' is not Incident or ChangeRequest", k.trim()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(SyncSettings {
+        days: parse_number(lookup, "ITSMC_SYNC_DAYS", 120, 1, 120)? as u32,
+        kinds,
+        page_size: parse_number(lookup, "ITSMC_SYNC_PAGE_SIZE", 1000, 1, 10_000)? as usize,
+        overlap: Duration::from_secs(parse_number(lookup, "ITSMC_SYNC_OVERLAP_SECS", 300, 0, 86_400)?),
+        budget: Duration::from_secs(parse_number(lookup, "ITSMC_SYNC_BUDGET_SECS", 240, 1, 3_600)?),
+        schedule: crate::sync::schedule::Schedule::parse(
+            &lookup("ITSMC_SYNC_SCHEDULE").unwrap_or_else(|| "0 */15 * * * *".into()),
+        )
+        .map_err(|e| invalid("ITSMC_SYNC_SCHEDULE", e))?,
+    })
+}
+
+fn ingestion_settings(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::ingest::client::IngestionSettings>, ConfigError> {
+    let Some(raw) = lookup("ITSMC_LOGS_ENDPOINT") else {
+        if lookup("ITSMC_DCR_IMMUTABLE_ID").is_some() {
+            return Err(invalid("ITSMC_LOGS_ENDPOINT", "the data collection rule needs its endpoint too"));
+        }
+        return Ok(None);
+    };
+    let endpoint = storage_url("ITSMC_LOGS_ENDPOINT", &raw)?;
+    let rule = lookup("ITSMC_DCR_IMMUTABLE_ID").ok_or_else(|| {
+        invalid("ITSMC_DCR_IMMUTABLE_ID", "Logs Ingestion needs the data collection rule's immutableId")
+    })?;
+    let valid = rule.len() == 36 && rule.starts_with("dcr-") && rule[4..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err(invalid(
+            "ITSMC_DCR_IMMUTABLE_ID",
+            format!("'{rule}' is not an immutableId (dcr- and 32 hex digits; the rule's JSON view shows it)"),
+        ));
+    }
+    Ok(Some(crate::ingest::client::IngestionSettings {
+        endpoint,
+        rule,
+        service_desk_stream: lookup("ITSMC_SERVICEDESK_STREAM"),
+        service_desk_log_stream: lookup("ITSMC_SERVICEDESKLOG_STREAM"),
+        client_id: lookup(crate::secrets::MANAGED_IDENTITY_CLIENT_ID_SETTING),
+    }))
 }
 
 fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSettings, ConfigError> {

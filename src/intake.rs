@@ -96,6 +96,8 @@ pub struct Intake {
     pub journal: Arc<itsm::dry_run::Journal>,
     recent: Mutex<VecDeque<Recent>>,
     done: Mutex<DoneCache>,
+    /// `ServiceDeskLog_CL` rows of the operations run here, until the sync's sink takes them.
+    pub log: Arc<crate::ingest::connector_log::ConnectorLog>,
     pub(crate) wakeup: Wakeup,
 }
 
@@ -169,6 +171,7 @@ impl Intake {
             journal,
             recent: Mutex::default(),
             done: Mutex::default(),
+            log: Arc::default(),
             wakeup: Wakeup::default(),
         }
     }
@@ -309,6 +312,7 @@ impl Intake {
         resolved: Resolved,
         claimed_link: Option<Entry>,
     ) -> Result<Outcome, IntakeError> {
+        let started = std::time::Instant::now();
         let mut finishes = Vec::new();
         // A run must end before its lease does: after it, another instance may run the same delivery, and two
         // runs at once could both create. Stopped here, the delivery stays pending and its link `creating`;
@@ -388,7 +392,45 @@ impl Intake {
             Err(e) => tracing::warn!(delivery, error = %e, "the outcome could not be recorded"),
         }
         self.remember(&delivery, &alert, &resolved, &answer);
+        self.log_operation(&alert, &resolved, &answer, &result, attempts as u32, started.elapsed());
         answer
+    }
+
+    /// The connector log's row for one run of a delivery.
+    fn log_operation(
+        &self,
+        alert: &Alert,
+        resolved: &Resolved,
+        answer: &Result<Outcome, IntakeError>,
+        result: &Result<Outcome, Failure>,
+        attempt: u32,
+        took: Duration,
+    ) {
+        use crate::ingest::connector_log::Event;
+        let work_item = answer.as_ref().ok().and_then(|o| o.work_items.first());
+        let number = work_item.map(|w| w.item.number.as_deref().unwrap_or(&w.item.id));
+        let (operation, http_status, error_code) = match (answer, result) {
+            (Ok(outcome), Ok(_)) => (action_word(outcome.action), 200, None),
+            (Ok(_), Err(_)) => ("queued", 202, Some("retrying")),
+            (Err(_), _) => ("dead-lettered", 502, Some("itsm_rejected")),
+        };
+        let message = match number {
+            Some(number) => format!("{operation} {number} for alert rule '{}'", alert.rule),
+            None => format!("{operation}: alert rule '{}'", alert.rule),
+        };
+        self.log.record(Event {
+            connection: &resolved.connection,
+            operation,
+            success: result.is_ok(),
+            message,
+            error: result.as_ref().err().map(ToString::to_string),
+            error_code,
+            alert_id: alert.id.as_deref(),
+            work_item: number,
+            http_status: Some(http_status),
+            attempt: Some(attempt),
+            duration_ms: Some(took.as_millis() as u64),
+        });
     }
 
     fn remember(&self, delivery: &str, alert: &Alert, resolved: &Resolved, answer: &Result<Outcome, IntakeError>) {
@@ -460,6 +502,17 @@ impl Intake {
             }
         }
         Ok(Outcome { action: action.unwrap_or(Action::Ignored), work_items })
+    }
+}
+
+fn action_word(action: Action) -> &'static str {
+    match action {
+        Action::Duplicate => "duplicate",
+        Action::Ignored => "ignored",
+        Action::Updated => "updated",
+        Action::Resolved => "resolved",
+        Action::Created => "created",
+        Action::Queued => "queued",
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod intake;
 pub mod itsm;
 pub mod logging;
@@ -14,6 +15,7 @@ pub mod outbox;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod workitem;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 /// Everything a running itsmc holds, built once from the configuration.
 pub struct App {
     pub intake: Arc<intake::Intake>,
+    pub syncer: Arc<sync::Syncer>,
     /// Checks Secure Webhook tokens on the alert route, when `ITSMC_ENTRA_TENANT_ID` is set.
     pub entra: Option<Arc<server::entra::EntraValidator>>,
 }
@@ -42,13 +45,26 @@ impl App {
             }
             None => None,
         };
+        let sink = match &config.logs {
+            Some(settings) => {
+                let credential = secrets::credential(http.clone(), settings.client_id.as_deref())
+                    .map_err(|e| format!("ITSMC_LOGS_ENDPOINT: {e}"))?;
+                ingest::Sink::LogsIngestion(ingest::client::LogsIngestion::new(
+                    settings.clone(),
+                    credential,
+                    http.clone(),
+                ))
+            }
+            None => ingest::Sink::Local(ingest::local::LocalRows::new(Arc::clone(&store))),
+        };
         let intake = Arc::new(intake::Intake::new(Arc::new(config), store, http, vault));
-        Ok(App { intake, entra })
+        let syncer = Arc::new(sync::Syncer::new(Arc::clone(&intake), sink));
+        Ok(App { intake, syncer, entra })
     }
 
     /// The HTTP routes of this app.
     pub fn router(&self) -> axum::Router {
-        server::router(Arc::clone(&self.intake), self.entra.clone())
+        server::router(Arc::clone(&self.intake), Arc::clone(&self.syncer), self.entra.clone())
     }
 }
 

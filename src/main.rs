@@ -1,4 +1,5 @@
-//! The `itsmc` command: `itsmc serve` runs the connector (Azure Functions custom handler, or locally).
+//! The `itsmc` command: `itsmc serve` runs the connector (Azure Functions custom handler, or locally);
+//! `itsmc sync` copies incidents and change requests into Log Analytics once, showing its progress.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,6 +22,15 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Sync incidents and change requests into Log Analytics now (as the timer does), with progress.
+    Sync {
+        /// Only this connection (default: all).
+        #[arg(long)]
+        connection: Option<String>,
+        /// Start this many days back (1 to 120) instead of where the last sync stopped.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=120))]
+        since: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { port } => serve(port).await,
+            Command::Sync { connection, since } => sync(connection, since).await,
         }
     });
     match result {
@@ -49,6 +60,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(port: Option<u16>) -> Result<(), String> {
+    let under_functions_host = std::env::var_os("FUNCTIONS_CUSTOMHANDLER_PORT").is_some();
     let port = match port {
         Some(port) => port,
         None => match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT") {
@@ -64,9 +76,92 @@ async fn serve(port: Option<u16>) -> Result<(), String> {
         tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     tracing::info!(%address, store = %app.intake.store.describe(), "itsmc ready");
     let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
+    // Under the Functions host its timer trigger calls /function-sync; on its own, the server keeps time.
+    let schedule = (!under_functions_host).then(|| tokio::spawn(scheduled_syncs(Arc::clone(&app.syncer))));
+    let log_flusher = tokio::spawn(flush_log_every(Arc::clone(&app.syncer), std::time::Duration::from_secs(5)));
     let served = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal()).await;
     worker.abort();
+    log_flusher.abort();
+    if let Some(schedule) = schedule {
+        schedule.abort();
+    }
+    app.syncer.flush_log().await;
     served.map_err(|e| format!("the server stopped: {e}"))
+}
+
+async fn sync(connection: Option<String>, since_days: Option<u32>) -> Result<(), String> {
+    use std::io::{IsTerminal, Write};
+    let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?).await?;
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let now = chrono::Utc::now();
+    let scope_start = now - chrono::Duration::days(i64::from(since_days.unwrap_or(app.intake.config.sync.days)));
+    let progress = |run: &itsmc::sync::run::KindReport| {
+        if !terminal {
+            return;
+        }
+        let seconds = started.elapsed().as_secs_f64().max(0.001);
+        // The watermark walks from the start of the scope to now: how far it got says how long is left.
+        let eta = itsmc::sync::kinds::parse_time(&run.watermark).map(|at| {
+            let left = (now - at).num_seconds().max(0) as f64;
+            let done = (at - scope_start).num_seconds().max(1) as f64;
+            left * seconds / done
+        });
+        let _ = write!(
+            std::io::stderr(),
+            "\r{} {}: {} read, {} sent, {:.0} records/s, at {}{}    ",
+            run.connection,
+            run.kind,
+            run.read,
+            run.sent,
+            run.read as f64 / seconds,
+            run.watermark,
+            eta.map(|s| format!(", about {s:.0} s left")).unwrap_or_default()
+        );
+    };
+    let request = itsmc::sync::Request { connection, since_days };
+    let report = app.syncer.run(&request, &progress).await?;
+    if terminal {
+        eprintln!();
+    }
+    if let Some(why) = report.skipped {
+        return Err(format!("nothing synced: {why}"));
+    }
+    let mut failed = Vec::new();
+    for run in &report.runs {
+        println!(
+            "{} {}: {} read, {} sent, {} skipped, {} refused batches, watermark {} ({} ms)",
+            run.connection, run.kind, run.read, run.sent, run.skipped, run.refused, run.watermark, run.duration_ms
+        );
+        if let Some(error) = &run.error {
+            failed.push(format!("{} {}: {error}", run.connection, run.kind));
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+}
+
+/// The connector log leaves every few seconds, not with each alert: one ingestion call per alert would
+/// add its latency to the alert path.
+async fn flush_log_every(syncer: Arc<itsmc::sync::Syncer>, period: std::time::Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        syncer.flush_log().await;
+    }
+}
+
+/// The sync on `ITSMC_SYNC_SCHEDULE`, for a server that no Functions host drives.
+async fn scheduled_syncs(syncer: Arc<itsmc::sync::Syncer>) {
+    loop {
+        let now = chrono::Utc::now();
+        let Some(next) = syncer.intake.config.sync.schedule.next_after(now) else {
+            tracing::warn!("ITSMC_SYNC_SCHEDULE names no time in the next five years; the local sync does not run");
+            return;
+        };
+        tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
+        if let Err(e) = syncer.run(&itsmc::sync::Request::default(), &|_| {}).await {
+            tracing::warn!(error = %e, "the scheduled sync failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -104,6 +104,46 @@ pub fn check_name(name: &str) -> Result<(), SecretError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tokens for our own clients
+// ---------------------------------------------------------------------------------------------
+
+/// Entra tokens for one scope (Table Storage, Logs Ingestion), asked of the credential once and reused until
+/// shortly before they expire. The lock is held while a token is fetched, so a burst of requests at expiry
+/// fetches one. The SDK clients (Key Vault) keep their own.
+pub struct TokenCache {
+    credential: Arc<dyn TokenCredential>,
+    scope: &'static str,
+    current: tokio::sync::Mutex<Option<AccessToken>>,
+}
+
+impl TokenCache {
+    /// A token is renewed this long before it expires, so a request never carries one that expires in
+    /// flight (and clock skew between here and Entra does not matter).
+    const RENEW_BEFORE: azure_core::time::Duration = azure_core::time::Duration::minutes(5);
+
+    pub fn new(credential: Arc<dyn TokenCredential>, scope: &'static str) -> TokenCache {
+        TokenCache { credential, scope, current: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn scope(&self) -> &'static str {
+        self.scope
+    }
+
+    /// A token with at least five minutes left. The error is the credential's (which names no secret).
+    pub async fn token(&self) -> azure_core::Result<AccessToken> {
+        let mut current = self.current.lock().await;
+        if let Some(token) = current.as_ref()
+            && token.expires_on - azure_core::time::OffsetDateTime::now_utc() > Self::RENEW_BEFORE
+        {
+            return Ok(token.clone());
+        }
+        let token = self.credential.get_token(&[self.scope], None).await?;
+        *current = Some(token.clone());
+        Ok(token)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 

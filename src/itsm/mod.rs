@@ -79,6 +79,16 @@ pub trait Connector: Send + Sync {
         close_notes: &str,
     ) -> Result<(), ItsmError>;
     async fn reopen(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError>;
+    /// Records of `kind` changed in `window`, oldest first by (update time, id), at most `limit`, as
+    /// `ServiceDesk_CL` rows. A product with nothing to sync (dry-run) has no changes.
+    async fn changes(
+        &self,
+        _kind: crate::sync::SyncKind,
+        _window: &crate::sync::Window,
+        _limit: usize,
+    ) -> Result<Vec<crate::sync::Change>, ItsmError> {
+        Ok(Vec::new())
+    }
     /// What the health route should show of this connection's credentials (e.g. a refresh token about to
     /// run out); `None` when there is nothing to say.
     fn credentials_status(&self) -> Option<serde_json::Value> {

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use super::error;
 use crate::intake::Intake;
 use crate::outbox;
+use crate::sync::{self, Syncer};
 
-/// `function-sync`'s timer: drain the outbox. The ITSM-to-Log-Analytics sync is issue 4's work.
-pub async fn timer(State(intake): State<Arc<Intake>>, body: Bytes) -> Response {
+/// `function-sync`'s timer: drain the outbox, then sync the connections into Log Analytics.
+pub async fn timer(State(intake): State<Arc<Intake>>, State(syncer): State<Arc<Syncer>>, body: Bytes) -> Response {
     let envelope: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, "not_json", format!("the invocation is not JSON: {e}")),
@@ -28,11 +29,31 @@ pub async fn timer(State(intake): State<Arc<Intake>>, body: Bytes) -> Response {
     if past_due {
         logs.push("timer was past due".into());
     }
-    logs.push("sync to Log Analytics: not implemented yet".into());
+    let sync = match syncer.run(&sync::Request::default(), &|_| {}).await {
+        Ok(sync) => sync,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "sync_failed", e),
+    };
+    if let Some(why) = &sync.skipped {
+        logs.push(format!("sync: skipped, {why}"));
+    }
+    for run in &sync.runs {
+        logs.push(format!(
+            "sync {} {}: {} read, {} sent, {} skipped, {} batches, {} refused, watermark {}{}",
+            run.connection,
+            run.kind,
+            run.read,
+            run.sent,
+            run.skipped,
+            run.batches,
+            run.refused,
+            run.watermark,
+            run.error.as_deref().map(|e| format!("; stopped: {e}")).unwrap_or_default()
+        ));
+    }
     axum::Json(json!({
         "Outputs": {},
         "Logs": logs,
-        "ReturnValue": json!({ "outbox": report }).to_string(),
+        "ReturnValue": json!({ "outbox": report, "sync": sync }).to_string(),
     }))
     .into_response()
 }

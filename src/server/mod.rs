@@ -2,7 +2,8 @@
 //! forwarding), local use and, later, AWS Lambda.
 //!
 //! Routes: `GET /` and `GET /api/health` (readiness), `POST /api/alert` (function-alert),
-//! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`.
+//! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`,
+//! `GET /api/servicedesk` (the rows the sync keeps locally when no Logs Ingestion endpoint is set).
 
 mod alert;
 pub mod entra;
@@ -18,14 +19,34 @@ use serde_json::json;
 
 use crate::intake::Intake;
 use crate::store::{Filter, Table};
+use crate::sync::{SyncKind, Syncer};
 
 /// A JSON error answer: `{"error": {"code", "message"}}`.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
 }
 
+/// What the handlers share; each takes the part it needs (`State<Arc<Intake>>` or `State<Arc<Syncer>>`).
+#[derive(Clone)]
+pub struct Shared {
+    pub intake: Arc<Intake>,
+    pub syncer: Arc<Syncer>,
+}
+
+impl axum::extract::FromRef<Shared> for Arc<Intake> {
+    fn from_ref(shared: &Shared) -> Self {
+        Arc::clone(&shared.intake)
+    }
+}
+
+impl axum::extract::FromRef<Shared> for Arc<Syncer> {
+    fn from_ref(shared: &Shared) -> Self {
+        Arc::clone(&shared.syncer)
+    }
+}
+
 /// The routes; with `entra`, the alert route takes only Secure Webhook calls with a valid token.
-pub fn router(intake: Arc<Intake>, entra: Option<Arc<entra::EntraValidator>>) -> Router {
+pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra::EntraValidator>>) -> Router {
     let mut alert = post(alert::post_alert);
     if let Some(validator) = entra {
         alert = alert.route_layer(axum::middleware::from_fn_with_state(validator, entra::require_token));
@@ -36,15 +57,40 @@ pub fn router(intake: Arc<Intake>, entra: Option<Arc<entra::EntraValidator>>) ->
         .route("/api/alert", alert)
         .route("/function-sync", post(functions::timer))
         .route("/api/workitems", get(workitems))
+        .route("/api/servicedesk", get(servicedesk))
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(intake)
+        .with_state(Shared { intake, syncer })
 }
 
-async fn health(axum::extract::State(intake): axum::extract::State<Arc<Intake>>) -> Response {
+async fn health(
+    axum::extract::State(intake): axum::extract::State<Arc<Intake>>,
+    axum::extract::State(syncer): axum::extract::State<Arc<Syncer>>,
+) -> Response {
     let mut warnings = Vec::new();
+    let mut sync = Vec::new();
+    for connection in &intake.config.connections {
+        for &kind in &intake.config.sync.kinds {
+            let key = crate::sync::watermark::key(&connection.name, kind);
+            let state = match crate::sync::watermark::load(intake.store.as_ref(), &key).await {
+                Ok(Some((mark, _))) => {
+                    if let Some(error) = &mark.last_error {
+                        warnings.push(format!(
+                            "connection '{}': the last {} sync stopped: {error}",
+                            connection.name,
+                            kind.name()
+                        ));
+                    }
+                    json!({ "watermark": mark.updated, "sent": mark.sent, "lastRunAt": mark.last_run_at, "lastError": mark.last_error })
+                }
+                Ok(None) => json!({ "watermark": null }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            sync.push(json!({ "connection": connection.name, "type": kind.name(), "state": state }));
+        }
+    }
     let connections: Vec<_> = intake
         .config
         .connections
@@ -72,6 +118,7 @@ async fn health(axum::extract::State(intake): axum::extract::State<Arc<Intake>>)
         "version": env!("CARGO_PKG_VERSION"),
         "store": intake.store.describe(),
         "connections": connections,
+        "sync": { "destination": syncer.sink.describe(), "runs": sync },
         "warnings": warnings,
     }))
     .into_response()
@@ -120,4 +167,43 @@ async fn workitems(axum::extract::State(intake): axum::extract::State<Arc<Intake
         "dryRun": intake.journal.recent(),
     }))
     .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ServiceDeskQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The `ServiceDesk_CL` rows the sync kept locally (no Logs Ingestion endpoint), latest first.
+async fn servicedesk(
+    axum::extract::State(syncer): axum::extract::State<Arc<Syncer>>,
+    axum::extract::Query(query): axum::extract::Query<ServiceDeskQuery>,
+) -> Response {
+    let kind = match query.kind.as_deref().map(SyncKind::parse) {
+        None => SyncKind::Incident,
+        Some(Some(kind)) => kind,
+        Some(None) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_option", "type: use Incident or ChangeRequest");
+        }
+    };
+    if let crate::ingest::Sink::LogsIngestion(client) = &syncer.sink {
+        return error(
+            StatusCode::CONFLICT,
+            "not_local",
+            format!("rows go to Log Analytics ({}); query ServiceDesk_CL there", client.describe()),
+        );
+    }
+    let limit = query.limit.unwrap_or(1000).clamp(1, 100_000);
+    match crate::ingest::local::LocalRows::rows(syncer.intake.store.as_ref(), kind.name(), usize::MAX).await {
+        Ok(mut rows) => {
+            let modified = |row: &serde_json::Value| row["LastModifiedDate_t"].as_str().unwrap_or_default().to_string();
+            rows.sort_by_key(|row| std::cmp::Reverse(modified(row)));
+            let total = rows.len();
+            rows.truncate(limit);
+            axum::Json(json!({ "type": kind.name(), "total": total, "rows": rows })).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
 }

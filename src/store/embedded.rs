@@ -121,24 +121,15 @@ impl Rows {
 }
 
 #[derive(Default)]
-struct Tables {
-    links: Rows,
-    deliveries: Rows,
-}
+struct Tables([Rows; Table::ALL.len()]);
 
 impl Tables {
     fn of(&self, table: Table) -> &Rows {
-        match table {
-            Table::Links => &self.links,
-            Table::Deliveries => &self.deliveries,
-        }
+        &self.0[table as usize]
     }
 
     fn of_mut(&mut self, table: Table) -> &mut Rows {
-        match table {
-            Table::Links => &mut self.links,
-            Table::Deliveries => &mut self.deliveries,
-        }
+        &mut self.0[table as usize]
     }
 }
 

@@ -23,15 +23,22 @@ pub enum Table {
     Links,
     /// Delivery id -> the operation, its attempts, lease and outcome. Pending ones are the outbox.
     Deliveries,
+    /// The sync's state: watermarks per connection and kind, the run lease, batches Logs Ingestion refused.
+    Sync,
+    /// Without a Logs Ingestion endpoint: the `ServiceDesk_CL` rows that would have been sent, latest per
+    /// work item.
+    ServiceDesk,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Links, Table::Deliveries];
+    pub const ALL: [Table; 4] = [Table::Links, Table::Deliveries, Table::Sync, Table::ServiceDesk];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Links => "links",
             Table::Deliveries => "deliveries",
+            Table::Sync => "sync",
+            Table::ServiceDesk => "servicedesk",
         }
     }
 }

@@ -65,7 +65,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{Entry, Filter, Insert, Page, Store, StoreError, Swap, Table};
-use auth::{Auth, TokenCache};
+use crate::secrets::TokenCache;
+use auth::{Auth, STORAGE_SCOPE};
 use entity::{check_key, decode, encode, field_property, indexed_value, is_service_etag, partition_key, shown};
 
 /// Supports Entra authorization (2019-02-02 or later) and is what the Azure SDKs send to Table Storage.
@@ -84,8 +85,8 @@ pub struct TableStore {
     endpoint: Url,
     auth: Auth,
     prefix: String,
-    links: String,
-    deliveries: String,
+    /// The service's table name of each [`Table`], by its position.
+    names: [String; Table::ALL.len()],
 }
 
 impl std::fmt::Debug for TableStore {
@@ -101,7 +102,7 @@ impl std::fmt::Debug for TableStore {
 impl TableStore {
     /// A store authorized with the account key of a storage connection string (`AccountName`, `AccountKey`,
     /// and `DefaultEndpointsProtocol`/`EndpointSuffix` or `TableEndpoint`; or `UseDevelopmentStorage=true`
-    /// for Azurite). Tables are `<table_prefix>links` and `<table_prefix>deliveries`.
+    /// for Azurite). Tables are `<table_prefix>links`, `<table_prefix>deliveries`, ... (`Table::ALL`).
     pub fn from_connection_string(
         connection_string: &str,
         table_prefix: &str,
@@ -122,7 +123,7 @@ impl TableStore {
         http: reqwest::Client,
     ) -> Result<TableStore, StoreError> {
         let endpoint = settings::check_endpoint(table_endpoint, "the Table endpoint")?;
-        TableStore::new(endpoint, Auth::Bearer(TokenCache::new(credential)), table_prefix, http)
+        TableStore::new(endpoint, Auth::Bearer(TokenCache::new(credential, STORAGE_SCOPE)), table_prefix, http)
     }
 
     fn new(endpoint: Url, auth: Auth, prefix: &str, http: reqwest::Client) -> Result<TableStore, StoreError> {
@@ -132,8 +133,7 @@ impl TableStore {
             endpoint,
             auth,
             prefix: prefix.to_owned(),
-            links: format!("{prefix}{}", Table::Links.name()),
-            deliveries: format!("{prefix}{}", Table::Deliveries.name()),
+            names: Table::ALL.map(|table| format!("{prefix}{}", table.name())),
         })
     }
 
@@ -154,7 +154,7 @@ impl TableStore {
         Ok(())
     }
 
-    /// Deletes both tables and everything in them (tests, and decommissioning). Tables already gone are fine.
+    /// Deletes itsmc's tables and everything in them (tests, and decommissioning). Tables already gone are fine.
     /// The service takes a while to really remove a table: creating it again soon after answers 409.
     pub async fn drop_tables(&self) -> Result<(), StoreError> {
         for table in Table::ALL {
@@ -169,10 +169,7 @@ impl TableStore {
     }
 
     fn table_name(&self, table: Table) -> &str {
-        match table {
-            Table::Links => &self.links,
-            Table::Deliveries => &self.deliveries,
-        }
+        &self.names[table as usize]
     }
 
     /// The address of one entity, relative to the endpoint.

@@ -15,6 +15,7 @@ pub struct Itsmc {
     pub url: String,
     pub data_dir: PathBuf,
     pub intake: Arc<Intake>,
+    pub syncer: Arc<itsmc::sync::Syncer>,
     server: tokio::task::JoinHandle<()>,
     worker: tokio::task::JoinHandle<()>,
     _temp: Option<tempfile::TempDir>,
@@ -63,7 +64,7 @@ impl Itsmc {
             let _ = axum::serve(listener, router).await;
         });
         let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
-        Itsmc { url, data_dir: dir.to_path_buf(), intake: app.intake, server, worker, _temp: None }
+        Itsmc { url, data_dir: dir.to_path_buf(), intake: app.intake, syncer: app.syncer, server, worker, _temp: None }
     }
 
     /// Stop serving and release the data directory (the store closes when the last handle goes).

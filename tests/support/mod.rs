@@ -17,6 +17,6 @@ pub mod serve;
 pub mod tls;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.
 #[allow(dead_code)]
-pub mod servicenow;
-#[allow(dead_code)]
 pub mod logs_ingestion;
+#[allow(dead_code)]
+pub mod servicenow;

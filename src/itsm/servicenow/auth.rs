@@ -18,7 +18,8 @@ use crate::config::{RefreshTokenPolicy, Secret, SecretSetting, ServiceNowAuth};
 use crate::itsm::ItsmError;
 use crate::secrets::{SecretError, Secrets};
 
-use super::client::{retry_after, transport_error};
+use super::client::transport_error;
+use crate::http::retry_after;
 
 #[derive(Clone)]
 struct Token {

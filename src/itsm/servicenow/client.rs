@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
+
+use crate::http::retry_after;
 use serde_json::Value;
 
 use super::auth::Auth;
@@ -27,6 +30,18 @@ impl Client {
     /// Send the request. Refused credentials are read from Key Vault again, once, and when they changed
     /// (rotated) the request goes once more.
     pub async fn send(&self, request: &Request) -> Result<Value, ItsmError> {
+        let body = self.send_raw(request).await?;
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body).map_err(|e| ItsmError::Transient {
+            message: format!("ServiceNow's answer to {} could not be read: {e}", describe(request)),
+            retry_after: None,
+        })
+    }
+
+    /// [`Client::send`], answering the body as it came (empty for 204), for callers that read it themselves.
+    pub async fn send_raw(&self, request: &Request) -> Result<Bytes, ItsmError> {
         match self.send_once(request).await {
             Err(ItsmError::Auth(_)) if self.auth.reload().await => self.send_once(request).await,
             answer => answer,
@@ -34,7 +49,7 @@ impl Client {
     }
 
     /// Send the request; on a 401 to an OAuth token, renew the token and send it once more.
-    async fn send_once(&self, request: &Request) -> Result<Value, ItsmError> {
+    async fn send_once(&self, request: &Request) -> Result<Bytes, ItsmError> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
         let url = format!("{}{}", self.base_url, request.path);
         let mut renewed = false;
@@ -55,19 +70,28 @@ impl Client {
                 continue;
             }
             if status.is_success() {
-                if status == reqwest::StatusCode::NO_CONTENT {
-                    return Ok(Value::Null);
+                if is_html(response.headers()) {
+                    // A sleeping personal developer instance answers every request with a web page.
+                    return Err(ItsmError::Transient {
+                        message: format!(
+                            "ServiceNow answered {} with a web page instead of JSON: a personal developer \
+                             instance that is hibernating does this; wake it at developer.servicenow.com",
+                            describe(request)
+                        ),
+                        retry_after: None,
+                    });
                 }
-                return response.json::<Value>().await.map_err(|e| ItsmError::Transient {
-                    message: format!("ServiceNow's answer to {} could not be read: {e}", describe(request)),
-                    retry_after: None,
-                });
+                return response.bytes().await.map_err(|e| transport_error(&describe(request), &e));
             }
             let retry = retry_after(response.headers());
             let body = response.text().await.unwrap_or_default();
             return Err(classify(status.as_u16(), retry, &body, &describe(request)));
         }
     }
+}
+
+fn is_html(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim_start().starts_with("text/html"))
 }
 
 fn describe(request: &Request) -> String {
@@ -100,40 +124,8 @@ fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str) 
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date; capped, so a confused server cannot park work for days.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = match raw.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
-        }
-    };
-    Some(wait.min(Duration::from_secs(3600)))
-}
-
 pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
-    let reason = if error.is_timeout() {
-        "no answer in time".to_string()
-    } else if error.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "the connection failed".to_string()
-    };
-    // The source chain says why (refused, DNS, TLS certificate); it never holds our credentials.
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    let message = if detail.is_empty() {
-        format!("ServiceNow: {what}: {reason}")
-    } else {
-        format!("ServiceNow: {what}: {reason} ({detail})")
-    };
-    ItsmError::Transient { message, retry_after: None }
+    ItsmError::Transient { message: format!("ServiceNow: {what}: {}", crate::http::failure(error)), retry_after: None }
 }
 
 #[cfg(test)]
@@ -153,16 +145,5 @@ mod tests {
         assert!(matches!(classify(503, None, "<html>", "x"), ItsmError::Transient { .. }));
         assert!(matches!(classify(404, None, "", "x"), ItsmError::NotFound(_)));
         assert!(matches!(classify(400, None, "", "x"), ItsmError::Rejected(_)));
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        headers.insert(RETRY_AFTER, "999999".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3600)));
     }
 }

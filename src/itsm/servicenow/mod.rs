@@ -6,6 +6,7 @@
 mod auth;
 mod client;
 pub mod requests;
+mod servicedesk;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 use crate::config::{Connection, ServiceNowSettings};
 use crate::itsm::{Connector, Found, ItsmError, WorkItem};
 use crate::secrets::Secrets;
+use crate::sync::{Change, SyncKind, Window};
 use crate::workitem::{Content, WorkItemType};
 
 pub struct ServiceNow {
@@ -74,6 +76,13 @@ impl Connector for ServiceNow {
     fn credentials_status(&self) -> Option<Value> {
         let (ends, expiring) = self.client.auth().refresh_token_status()?;
         Some(serde_json::json!({ "refreshTokenEndsAt": ends.to_rfc3339(), "refreshTokenExpiresSoon": expiring }))
+    }
+
+    async fn changes(&self, kind: SyncKind, window: &Window, limit: usize) -> Result<Vec<Change>, ItsmError> {
+        let request = requests::changes(kind, window, limit)
+            .ok_or_else(|| ItsmError::Rejected(format!("the sync position {window:?} is not ServiceNow's")))?;
+        let body = self.client.send_raw(&request).await?;
+        servicedesk::parse(&body, kind, &self.connection.name)
     }
 
     async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError> {

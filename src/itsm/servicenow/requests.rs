@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::alert::Severity;
 use crate::config::Connection;
+use crate::sync::{SyncKind, Window};
 use crate::workitem::{Content, WorkItemType};
 
 /// One HTTP request to the instance, relative to its base URL.
@@ -72,6 +73,39 @@ pub fn find(kind: WorkItemType, key: &str) -> Option<Request> {
             ("sysparm_fields", FIELDS.into()),
             ("sysparm_limit", "1".into()),
             ("sysparm_exclude_reference_link", "true".into()),
+        ],
+    ))
+}
+
+/// A page of `kind` records changed in `window`, oldest first, with display values (see `servicedesk`).
+/// Refused (`None`) when the window holds anything but a date-time and a hex id: an encoded query has no
+/// escaping.
+pub fn changes(kind: SyncKind, window: &Window, limit: usize) -> Option<Request> {
+    let is_time = |t: &str| t.len() == 19 && t.bytes().all(|b| b.is_ascii_digit() || b"-: ".contains(&b));
+    let query = match window {
+        Window::Since(updated) if is_time(updated) => {
+            format!("sys_updated_on>={updated}^ORDERBYsys_updated_on^ORDERBYsys_id")
+        }
+        Window::After(updated) if is_time(updated) => {
+            format!("sys_updated_on>{updated}^ORDERBYsys_updated_on^ORDERBYsys_id")
+        }
+        Window::Within { updated, after_id }
+            if is_time(updated) && after_id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            format!("sys_updated_on={updated}^sys_id>{after_id}^ORDERBYsys_id")
+        }
+        _ => return None,
+    };
+    Some(Request::get(
+        format!("/api/now/table/{}", super::servicedesk::table(kind)),
+        vec![
+            ("sysparm_query", query),
+            ("sysparm_fields", super::servicedesk::fields(kind).to_string()),
+            ("sysparm_limit", limit.to_string()),
+            ("sysparm_display_value", "all".into()),
+            ("sysparm_exclude_reference_link", "true".into()),
+            ("sysparm_no_count", "true".into()),
+            ("sysparm_suppress_pagination_header", "true".into()),
         ],
     ))
 }

@@ -5,7 +5,7 @@
 //! ```text
 //! header  "ITSMCLOG" | format u32 = 1 | 0u32 | etag floor u64 | checksum u64 of the 24 bytes before it
 //! record  payload length u32 | checksum u64 of the payload | payload
-//! payload one or more ops: kind u8 (1 put, 2 delete) | table u8 (0 links, 1 deliveries) | etag u64 |
+//! payload one or more ops: kind u8 (1 put, 2 delete) | table u8 (0 links, 1 deliveries, 2 sync, 3 servicedesk) | etag u64 |
 //!         key length u32 | value length u32 (0 for a delete) | key (UTF-8) | value (JSON)
 //! ```
 //!
@@ -52,19 +52,13 @@ pub(super) fn op_size(key_len: usize, json_len: usize) -> u64 {
 /// however many such ops a batch carries (the writer stops filling a batch at 16 MiB).
 pub(super) const MAX_OP_BYTES: usize = 1 << 30;
 
+/// A table's id in the file is its position in `Table::ALL`: new tables are appended there, never inserted.
 fn table_id(table: Table) -> u8 {
-    match table {
-        Table::Links => 0,
-        Table::Deliveries => 1,
-    }
+    table as u8
 }
 
 fn table_from_id(id: u8) -> Option<Table> {
-    match id {
-        0 => Some(Table::Links),
-        1 => Some(Table::Deliveries),
-        _ => None,
-    }
+    Table::ALL.get(usize::from(id)).copied()
 }
 
 /// A 64-bit checksum, eight bytes per step, fast enough (~5 GB/s) to cost nothing next to the copies a

@@ -4,10 +4,6 @@
 //! Neither secret ever leaves this module except in the `Authorization` header, which is marked
 //! sensitive so that a debug print of the request does not show it either.
 
-use std::sync::Arc;
-
-use azure_core::credentials::{AccessToken, TokenCredential};
-use azure_core::time::{Duration, OffsetDateTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
@@ -15,13 +11,11 @@ use reqwest::header::HeaderValue;
 use sha2::Sha256;
 
 use super::settings::AccountKey;
+use crate::secrets::TokenCache;
 use crate::store::StoreError;
 
 /// The audience of Azure Storage's data plane.
 pub(super) const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
-/// A cached token is renewed this long before it expires, so that a request never carries one that
-/// expires in flight (and clock skew between here and Entra does not matter).
-const RENEW_BEFORE: Duration = Duration::minutes(5);
 
 pub(super) enum Auth {
     SharedKey { account: String, key: AccountKey },
@@ -51,7 +45,16 @@ impl Auth {
             Auth::SharedKey { account, key } => {
                 format!("SharedKey {account}:{}", shared_key_signature(key, account, method, content_type, date, path))
             }
-            Auth::Bearer(cache) => format!("Bearer {}", cache.token().await?.token.secret()),
+            Auth::Bearer(cache) => {
+                let token = cache.token().await.map_err(|err| {
+                    StoreError::Unavailable(format!(
+                        "no Entra token for Table Storage (scope {STORAGE_SCOPE}): {err}; check the managed \
+                         identity (or the developer sign-in) and that it holds Storage Table Data Contributor on \
+                         the account"
+                    ))
+                })?;
+                format!("Bearer {}", token.token.secret())
+            }
         };
         let mut value = HeaderValue::from_str(&value).map_err(|_| {
             StoreError::Unavailable("the Table service credential is not a valid HTTP header value".into())
@@ -75,36 +78,6 @@ fn shared_key_signature(
     let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes a key of any length");
     mac.update(string_to_sign.as_bytes());
     BASE64.encode(mac.finalize().into_bytes())
-}
-
-/// Entra tokens for Storage, asked of the credential once and reused until shortly before they expire.
-/// The lock is held while a token is fetched, so that a burst of requests at expiry fetches one.
-pub(super) struct TokenCache {
-    credential: Arc<dyn TokenCredential>,
-    current: tokio::sync::Mutex<Option<AccessToken>>,
-}
-
-impl TokenCache {
-    pub(super) fn new(credential: Arc<dyn TokenCredential>) -> TokenCache {
-        TokenCache { credential, current: tokio::sync::Mutex::new(None) }
-    }
-
-    async fn token(&self) -> Result<AccessToken, StoreError> {
-        let mut current = self.current.lock().await;
-        if let Some(token) = &*current
-            && token.expires_on - OffsetDateTime::now_utc() > RENEW_BEFORE
-        {
-            return Ok(token.clone());
-        }
-        let token = self.credential.get_token(&[STORAGE_SCOPE], None).await.map_err(|err| {
-            StoreError::Unavailable(format!(
-                "no Entra token for Table Storage (scope {STORAGE_SCOPE}): {err}; check the managed identity \
-                 (or the developer sign-in) and that it holds Storage Table Data Contributor on the account"
-            ))
-        })?;
-        *current = Some(token.clone());
-        Ok(token)
-    }
 }
 
 #[cfg(test)]

@@ -119,13 +119,13 @@ pub(super) fn check_endpoint(mut endpoint: Url, setting: &str) -> Result<Url, St
     Ok(endpoint)
 }
 
-/// The two table names for `prefix`, e.g. `itsmclinks`: Table Storage names are 3 to 63 letters and
+/// The table names for `prefix`, e.g. `itsmclinks`: Table Storage names are 3 to 63 letters and
 /// digits, starting with a letter.
 pub(super) fn check_prefix(prefix: &str) -> Result<(), StoreError> {
     let longest = crate::store::Table::ALL.iter().map(|t| t.name().len()).max().unwrap_or(0);
     let bad = |why: String| {
         StoreError::Unavailable(format!(
-            "table prefix '{}': {why}; table names are the prefix followed by 'links' or 'deliveries'",
+            "table prefix '{}': {why}; table names are the prefix followed by 'links', 'deliveries', 'sync' or 'servicedesk'",
             prefix.escape_debug()
         ))
     };
@@ -198,10 +198,10 @@ mod tests {
 
     #[test]
     fn prefixes_make_valid_table_names() {
-        for prefix in ["", "itsmc", "t0123456789abcdef", &"a".repeat(53)] {
+        for prefix in ["", "itsmc", "t0123456789abcdef", &"a".repeat(52)] {
             check_prefix(prefix).unwrap();
         }
-        for prefix in ["1tsmc", "its-mc", "itsmc_", "ïtsmc", &"a".repeat(54)] {
+        for prefix in ["1tsmc", "its-mc", "itsmc_", "ïtsmc", &"a".repeat(53)] {
             assert!(check_prefix(prefix).is_err(), "{prefix}");
         }
     }
