@@ -211,6 +211,8 @@ pub struct SyncSettings {
     pub kinds: Vec<crate::sync::SyncKind>,
     /// Records per request to the ITSM tool.
     pub page_size: usize,
+    /// The largest batch sent to Logs Ingestion, in bytes of JSON (the API's limit is 1 MB).
+    pub batch_bytes: usize,
     /// How far before its watermark a run starts reading again, for records committed late.
     pub overlap: Duration,
     /// How long one timer invocation may sync, below the host's `functionTimeout`.
@@ -295,6 +297,13 @@ fn sync_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<SyncSetting
         days: parse_number(lookup, "ITSMC_SYNC_DAYS", 120, 1, 120)? as u32,
         kinds,
         page_size: parse_number(lookup, "ITSMC_SYNC_PAGE_SIZE", 1000, 1, 10_000)? as usize,
+        batch_bytes: parse_number(
+            lookup,
+            "ITSMC_SYNC_BATCH_BYTES",
+            crate::ingest::MAX_BATCH_BYTES as u64,
+            10_000,
+            crate::ingest::MAX_BATCH_BYTES as u64,
+        )? as usize,
         overlap: Duration::from_secs(parse_number(lookup, "ITSMC_SYNC_OVERLAP_SECS", 300, 0, 86_400)?),
         budget: Duration::from_secs(parse_number(lookup, "ITSMC_SYNC_BUDGET_SECS", 240, 1, 3_600)?),
         schedule: crate::sync::schedule::Schedule::parse(

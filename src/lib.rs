@@ -49,11 +49,11 @@ impl App {
             Some(settings) => {
                 let credential = secrets::credential(http.clone(), settings.client_id.as_deref())
                     .map_err(|e| format!("ITSMC_LOGS_ENDPOINT: {e}"))?;
-                ingest::Sink::LogsIngestion(ingest::client::LogsIngestion::new(
+                ingest::Sink::LogsIngestion(Box::new(ingest::client::LogsIngestion::new(
                     settings.clone(),
                     credential,
                     http.clone(),
-                ))
+                )))
             }
             None => ingest::Sink::Local(ingest::local::LocalRows::new(Arc::clone(&store))),
         };

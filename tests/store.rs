@@ -804,9 +804,12 @@ fn log_end(dir: &Path) -> u64 {
 fn append_log_record(dir: &Path, puts: &[(Table, u64, &str, &[u8])]) {
     let mut payload = Vec::new();
     for &(table, etag, key, value) in puts {
+        // The file format's table ids, as documented in src/store/embedded/log.rs.
         let table_id: u8 = match table {
             Table::Links => 0,
             Table::Deliveries => 1,
+            Table::Sync => 2,
+            Table::ServiceDesk => 3,
         };
         payload.extend_from_slice(&[1, table_id]);
         payload.extend_from_slice(&etag.to_le_bytes());

@@ -94,7 +94,7 @@ impl From<StoreError> for IngestError {
 
 /// The destination of the sync's batches.
 pub enum Sink {
-    LogsIngestion(client::LogsIngestion),
+    LogsIngestion(Box<client::LogsIngestion>),
     Local(local::LocalRows),
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::watermark::{self, Watermark};
 use super::{Change, SyncKind, Window, kinds};
 use crate::config::{OutboxSettings, SyncSettings};
-use crate::ingest::{Batch, Batcher, IngestError, MAX_BATCH_BYTES, Sink};
+use crate::ingest::{Batch, Batcher, IngestError, Sink};
 use crate::itsm::{Connector, ItsmError};
 use crate::store::{Store, StoreError, Table};
 use crate::sync::schema;
@@ -119,7 +119,7 @@ impl Job<'_> {
 
         let time_generated = schema::service_desk().index("TimeGenerated");
         let now_text = now.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let mut batcher = Batcher::new(schema::service_desk(), MAX_BATCH_BYTES);
+        let mut batcher = Batcher::new(schema::service_desk(), self.settings.batch_bytes);
         // The rows in the batcher: their position and fingerprint, and the last one's position.
         let mut gathered: Vec<(String, u64)> = Vec::new();
         let mut last: Option<(String, String)> = None;
