@@ -98,6 +98,8 @@ pub struct Intake {
     done: Mutex<DoneCache>,
     /// `ServiceDeskLog_CL` rows of the operations run here, until the sync's sink takes them.
     pub log: Arc<crate::ingest::connector_log::ConnectorLog>,
+    /// The last test or refresh of each connection, for the health route.
+    pub connection_status: crate::connections::Status,
     pub(crate) wakeup: Wakeup,
 }
 
@@ -172,6 +174,7 @@ impl Intake {
             recent: Mutex::default(),
             done: Mutex::default(),
             log: Arc::default(),
+            connection_status: Default::default(),
             wakeup: Wakeup::default(),
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod ingest;
 pub mod intake;

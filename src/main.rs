@@ -31,6 +31,19 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=120))]
         since: Option<u32>,
     },
+    /// Test a connection, or refresh its choice lists and templates from the ITSM tool.
+    Connections {
+        #[command(subcommand)]
+        action: ConnectionAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionAction {
+    /// Sign in and read; say what is wrong if it fails (exit code 1).
+    Test { name: String },
+    /// Read choice lists and templates, keep them, and check the connection's settings against them.
+    Refresh { name: String },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +60,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { port } => serve(port).await,
             Command::Sync { connection, since } => sync(connection, since).await,
+            Command::Connections { action } => connections(action).await,
         }
     });
     match result {
@@ -138,6 +152,29 @@ async fn sync(connection: Option<String>, since_days: Option<u32>) -> Result<(),
         }
     }
     if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+}
+
+async fn connections(action: ConnectionAction) -> Result<(), String> {
+    let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?).await?;
+    let diagnosis = match action {
+        ConnectionAction::Test { name } => itsmc::connections::test(&app.intake, &name).await?,
+        ConnectionAction::Refresh { name } => {
+            let refreshed = itsmc::connections::refresh(&app.intake, &name).await?;
+            for (field, choices) in &refreshed.configuration.choices {
+                println!("{field}: {}", choices.iter().map(|c| c.label.as_str()).collect::<Vec<_>>().join(", "));
+            }
+            for template in &refreshed.configuration.templates {
+                println!("template: {}", template.name);
+            }
+            refreshed.diagnosis
+        }
+    };
+    if diagnosis.ok {
+        println!("ok: {}", diagnosis.message);
+        Ok(())
+    } else {
+        Err(format!("{}: {}", diagnosis.code, diagnosis.message))
+    }
 }
 
 /// The connector log leaves every few seconds, not with each alert: one ingestion call per alert would

@@ -62,6 +62,47 @@ impl ItsmError {
     }
 }
 
+/// What a connection test found: `code` is stable (`ok`, `wrong_credentials`, `missing_role`, `hibernating`,
+/// `unreachable`, `rate_limited`, `unavailable`, `unexpected`); `message` says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Diagnosis {
+    pub ok: bool,
+    pub code: String,
+    pub message: String,
+}
+
+impl Diagnosis {
+    pub fn ok(message: impl Into<String>) -> Diagnosis {
+        Diagnosis { ok: true, code: "ok".into(), message: message.into() }
+    }
+    pub fn problem(code: &str, message: impl Into<String>) -> Diagnosis {
+        Diagnosis { ok: false, code: code.into(), message: message.into() }
+    }
+}
+
+/// The tool's own configuration that itsmc checks its settings against (ITSMC's "Sync" button).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RemoteConfiguration {
+    /// Field -> its active choices (value and label), for the fields itsmc sets.
+    pub choices: std::collections::BTreeMap<String, Vec<Choice>>,
+    /// Active templates for the work item table.
+    pub templates: Vec<RemoteTemplate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub value: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RemoteTemplate {
+    pub id: String,
+    pub name: String,
+    /// The template's field assignments, as the product encodes them.
+    pub template: String,
+}
+
 /// What one ITSM product can do for the alert path.
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -88,6 +129,14 @@ pub trait Connector: Send + Sync {
         _limit: usize,
     ) -> Result<Vec<crate::sync::Change>, ItsmError> {
         Ok(Vec::new())
+    }
+    /// Checks that the connection works, and if not, why (`itsmc connections test`).
+    async fn probe(&self) -> Diagnosis {
+        Diagnosis::ok("dry-run: nothing to reach")
+    }
+    /// Reads the choice lists and templates the connection's settings are checked against.
+    async fn configuration(&self) -> Result<RemoteConfiguration, ItsmError> {
+        Ok(RemoteConfiguration::default())
     }
     /// What the health route should show of this connection's credentials (e.g. a refresh token about to
     /// run out); `None` when there is nothing to say.

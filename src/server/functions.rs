@@ -14,7 +14,8 @@ use crate::intake::Intake;
 use crate::outbox;
 use crate::sync::{self, Syncer};
 
-/// `function-sync`'s timer: drain the outbox, then sync the connections into Log Analytics.
+/// `function-sync`'s timer: drain the outbox, sync the connections into Log Analytics, and refresh the
+/// connections' configuration once a day.
 pub async fn timer(State(intake): State<Arc<Intake>>, State(syncer): State<Arc<Syncer>>, body: Bytes) -> Response {
     let envelope: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -48,6 +49,15 @@ pub async fn timer(State(intake): State<Arc<Intake>>, State(syncer): State<Arc<S
             run.refused,
             run.watermark,
             run.error.as_deref().map(|e| format!("; stopped: {e}")).unwrap_or_default()
+        ));
+    }
+    for refreshed in crate::connections::refresh_due(&intake).await {
+        logs.push(format!(
+            "configuration of {}: {} choice lists, {} templates; {}",
+            refreshed.connection,
+            refreshed.configuration.choices.len(),
+            refreshed.configuration.templates.len(),
+            refreshed.diagnosis.message
         ));
     }
     axum::Json(json!({

@@ -3,7 +3,8 @@
 //!
 //! Routes: `GET /` and `GET /api/health` (readiness), `POST /api/alert` (function-alert),
 //! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`,
-//! `GET /api/servicedesk` (the rows the sync keeps locally when no Logs Ingestion endpoint is set).
+//! `GET /api/servicedesk` (the rows the sync keeps locally when no Logs Ingestion endpoint is set),
+//! `POST /api/connections/{name}/test|refresh` (connection care).
 
 mod alert;
 pub mod entra;
@@ -58,6 +59,8 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
         .route("/function-sync", post(functions::timer))
         .route("/api/workitems", get(workitems))
         .route("/api/servicedesk", get(servicedesk))
+        .route("/api/connections/{name}/test", post(test_connection))
+        .route("/api/connections/{name}/refresh", post(refresh_connection))
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
@@ -104,9 +107,14 @@ async fn health(
                     credentials.as_ref().map_or("", |s| s["refreshTokenEndsAt"].as_str().unwrap_or_default())
                 ));
             }
+            let status = intake.connection_status.get(&c.name);
+            if let Some(problem) = status.as_ref().filter(|d| !d.ok) {
+                warnings.push(format!("connection '{}': {} ({})", c.name, problem.message, problem.code));
+            }
             json!({
                 "name": c.name,
                 "product": c.product.name(),
+                "status": status,
                 "workItemType": c.work_item_type,
                 "grouping": c.grouping,
                 "credentials": credentials,
@@ -205,5 +213,28 @@ async fn servicedesk(
             axum::Json(json!({ "type": kind.name(), "total": total, "rows": rows })).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+}
+
+/// `POST /api/connections/{name}/test`: whether the connection works, and if not why (`code`, `message`).
+async fn test_connection(
+    axum::extract::State(intake): axum::extract::State<Arc<Intake>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match crate::connections::test(&intake, &name).await {
+        Ok(diagnosis) => axum::Json(diagnosis).into_response(),
+        Err(message) => error(StatusCode::NOT_FOUND, "unknown_connection", message),
+    }
+}
+
+/// `POST /api/connections/{name}/refresh`: read the tool's choice lists and templates now, keep them, and
+/// check the connection's settings against them (ITSMC's Sync button).
+async fn refresh_connection(
+    axum::extract::State(intake): axum::extract::State<Arc<Intake>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match crate::connections::refresh(&intake, &name).await {
+        Ok(refreshed) => axum::Json(refreshed).into_response(),
+        Err(message) => error(StatusCode::NOT_FOUND, "unknown_connection", message),
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::auth::Auth;
 use super::requests::Request;
-use crate::itsm::ItsmError;
+use crate::itsm::{Diagnosis, ItsmError};
 
 pub struct Client {
     pub base_url: String,
@@ -86,6 +86,89 @@ impl Client {
             let retry = retry_after(response.headers());
             let body = response.text().await.unwrap_or_default();
             return Err(classify(status.as_u16(), retry, &body, &describe(request)));
+        }
+    }
+}
+
+impl Client {
+    /// One read of `table`, classified for an operator: what is wrong and what to do (`itsmc connections
+    /// test`). Unlike [`Client::send`] it keeps apart what the alert path treats alike (a refused password
+    /// and a missing role are both "authentication" there).
+    pub async fn probe(&self, table: &str) -> Diagnosis {
+        let url = format!("{}/api/now/table/{table}", self.base_url);
+        let mut renewed = false;
+        loop {
+            let request = self.http.get(&url).header(ACCEPT, "application/json").query(&[
+                ("sysparm_limit", "1"),
+                ("sysparm_fields", "sys_id"),
+                ("sysparm_no_count", "true"),
+            ]);
+            let request = match self.auth.apply(&self.http, request).await {
+                Ok(request) => request,
+                Err(ItsmError::Auth(message)) => return Diagnosis::problem("wrong_credentials", message),
+                Err(error) => return Diagnosis::problem("unreachable", error.to_string()),
+            };
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    return Diagnosis::problem(
+                        "unreachable",
+                        format!(
+                            "{}: {}; check ITSMC_URL and that this host can reach it",
+                            self.base_url,
+                            crate::http::failure(&e)
+                        ),
+                    );
+                }
+            };
+            let status = response.status().as_u16();
+            if status == 401 && self.auth.is_oauth() && !renewed {
+                self.auth.forget_access_token();
+                renewed = true;
+                continue;
+            }
+            let retry = retry_after(response.headers());
+            let html = is_html(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            return match status {
+                200 if html => Diagnosis::problem(
+                    "hibernating",
+                    format!(
+                        "{} answers with a web page, not the Table API: a personal developer instance that is hibernating does this; wake it at developer.servicenow.com",
+                        self.base_url
+                    ),
+                ),
+                200 => Diagnosis::ok(format!("read {table}")),
+                401 => Diagnosis::problem(
+                    "wrong_credentials",
+                    format!(
+                        "ServiceNow refused the credentials ({}); check the user name and password (and the OAuth client id and secret)",
+                        error_text(&body)
+                    ),
+                ),
+                403 => Diagnosis::problem(
+                    "missing_role",
+                    format!(
+                        "the user may sign in but not read {table} ({}); give it the itil role (and read access to {table})",
+                        error_text(&body)
+                    ),
+                ),
+                429 => Diagnosis::problem(
+                    "rate_limited",
+                    format!(
+                        "ServiceNow's rate limit for this user is reached{}; raise the user's limit in Inbound REST API rate limiting, or sync less often",
+                        retry.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default()
+                    ),
+                ),
+                500..=599 => Diagnosis::problem(
+                    "unavailable",
+                    format!("ServiceNow answered HTTP {status}: {}", error_text(&body)),
+                ),
+                _ => Diagnosis::problem(
+                    "unexpected",
+                    format!("ServiceNow answered HTTP {status}: {}", error_text(&body)),
+                ),
+            };
         }
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::{Connection, ServiceNowSettings};
-use crate::itsm::{Connector, Found, ItsmError, WorkItem};
+use crate::itsm::{Choice, Connector, Diagnosis, Found, ItsmError, RemoteConfiguration, RemoteTemplate, WorkItem};
 use crate::secrets::Secrets;
 use crate::sync::{Change, SyncKind, Window};
 use crate::workitem::{Content, WorkItemType};
@@ -83,6 +83,35 @@ impl Connector for ServiceNow {
             .ok_or_else(|| ItsmError::Rejected(format!("the sync position {window:?} is not ServiceNow's")))?;
         let body = self.client.send_raw(&request).await?;
         servicedesk::parse(&body, kind, &self.connection.name)
+    }
+
+    async fn probe(&self) -> Diagnosis {
+        let mut read = Vec::new();
+        for table in [requests::table(self.connection.work_item_type), "change_request"] {
+            let found = self.client.probe(table).await;
+            if !found.ok {
+                return found;
+            }
+            read.push(table);
+        }
+        Diagnosis::ok(format!("signed in to {} and read {}", self.client.base_url, read.join(" and ")))
+    }
+
+    async fn configuration(&self) -> Result<RemoteConfiguration, ItsmError> {
+        let table = requests::table(self.connection.work_item_type);
+        let mut configuration = RemoteConfiguration::default();
+        for record in result(self.client.send(&requests::choices(table)).await?).as_array().into_iter().flatten() {
+            let choice = Choice { value: field(record, "value"), label: field(record, "label") };
+            configuration.choices.entry(field(record, "element")).or_default().push(choice);
+        }
+        for record in result(self.client.send(&requests::templates(table)).await?).as_array().into_iter().flatten() {
+            configuration.templates.push(RemoteTemplate {
+                id: field(record, "sys_id"),
+                name: field(record, "name"),
+                template: field(record, "template"),
+            });
+        }
+        Ok(configuration)
     }
 
     async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError> {

@@ -110,6 +110,41 @@ pub fn changes(kind: SyncKind, window: &Window, limit: usize) -> Option<Request>
     ))
 }
 
+/// The fields whose choices itsmc checks its settings against.
+pub const CHOICE_FIELDS: [&str; 6] = ["urgency", "impact", "category", "subcategory", "contact_type", "close_code"];
+
+/// The active English choices of `table`'s fields that itsmc sets.
+pub fn choices(table: &str) -> Request {
+    Request::get(
+        "/api/now/table/sys_choice".into(),
+        vec![
+            (
+                "sysparm_query",
+                format!(
+                    "name={table}^elementIN{}^inactive=false^language=en^ORDERBYelement^ORDERBYsequence",
+                    CHOICE_FIELDS.join(",")
+                ),
+            ),
+            ("sysparm_fields", "element,value,label".into()),
+            ("sysparm_limit", "10000".into()),
+            ("sysparm_exclude_reference_link", "true".into()),
+        ],
+    )
+}
+
+/// The active templates for `table`.
+pub fn templates(table: &str) -> Request {
+    Request::get(
+        "/api/now/table/sys_template".into(),
+        vec![
+            ("sysparm_query", format!("table={table}^active=true^ORDERBYname")),
+            ("sysparm_fields", "sys_id,name,template".into()),
+            ("sysparm_limit", "1000".into()),
+            ("sysparm_exclude_reference_link", "true".into()),
+        ],
+    )
+}
+
 pub fn status(item_kind: WorkItemType, sys_id: &str) -> Request {
     Request::get(
         format!("/api/now/table/{}/{sys_id}", table(item_kind)),
