@@ -125,7 +125,11 @@ fn main() {
         let distinct = ingestion.distinct_ids(logs_ingestion::SERVICE_DESK_STREAM, "ServiceDeskId_s");
         assert_eq!(distinct, size, "every incident arrived once:\n{}", first.stdout);
         assert_eq!(ingestion.row_count(logs_ingestion::SERVICE_DESK_STREAM), size);
-        let uploads = ingestion.requests().iter().filter(|r| r.stream.as_deref() == Some(logs_ingestion::SERVICE_DESK_STREAM)).count();
+        let uploads = ingestion
+            .requests()
+            .iter()
+            .filter(|r| r.stream.as_deref() == Some(logs_ingestion::SERVICE_DESK_STREAM))
+            .count();
         println!(
             "sync of {size} incidents: {:.2} s = {:.0} records/s; itsmc CPU {:.1} us/record; peak RSS {:.1} MB; {uploads} uploads",
             first.seconds,

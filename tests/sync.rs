@@ -445,10 +445,12 @@ async fn throttling_is_waited_out_and_a_refused_batch_is_kept() {
     world.ingestion.fail_next(2, 429, Some(1));
     let started = std::time::Instant::now();
     let runs = world.sync().await;
-    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "two Retry-After: 1 waited");
+    // Two uploads run at once: each was told to wait a second, and did.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After: 1 waited");
     assert_eq!(report(&runs, "Incident").sent, 200);
-    let statuses: Vec<u16> = world.ingestion.requests().iter().map(|r| r.status).take(3).collect();
-    assert_eq!(statuses, [429, 429, 204]);
+    let statuses: Vec<u16> = world.ingestion.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 2);
+    assert!(statuses[2..].iter().all(|&s| s == 204), "{statuses:?}");
 
     world.servicenow.seed_incidents(200, now - Duration::minutes(9), now - Duration::minutes(1));
     world.ingestion.clear();

@@ -43,10 +43,10 @@ impl ConnectorLog {
         let mut row = schema.row();
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         row.set(schema.index("TimeGenerated"), now.as_str());
-        row.set(schema.index("StatusLogTime_t"), now);
+        row.set(schema.index("StatusLogTime_t"), &now);
         row.set(schema.index("LogType_s"), if event.success { "INFO" } else { "ERROR" });
-        row.set(schema.index("Message"), event.message);
-        row.set(schema.index("ExceptionMessage_s"), event.error.unwrap_or_default());
+        row.set(schema.index("Message"), &event.message);
+        row.set(schema.index("ExceptionMessage_s"), event.error.as_deref().unwrap_or_default());
         row.set(schema.index("ServiceDeskConnectionName_s"), event.connection);
         row.set_bool(schema.index("Status_b"), event.success);
         row.set_number(schema.index("ActionStatus_d"), if event.success { 1.0 } else { 0.0 });

@@ -127,7 +127,7 @@ mod tests {
         let mut batches = Vec::new();
         for i in 0..100 {
             let mut row = schema.row();
-            row.set(title, format!("incident {i} {}", "x".repeat(i)));
+            row.set(title, &format!("incident {i} {}", "x".repeat(i)));
             batches.extend(batcher.push(&row));
         }
         batches.extend(batcher.take());

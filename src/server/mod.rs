@@ -196,7 +196,7 @@ async fn servicedesk(
             return error(StatusCode::BAD_REQUEST, "invalid_option", "type: use Incident or ChangeRequest");
         }
     };
-    if let crate::ingest::Sink::LogsIngestion(client) = &syncer.sink {
+    if let crate::ingest::Sink::LogsIngestion(client) = syncer.sink.as_ref() {
         return error(
             StatusCode::CONFLICT,
             "not_local",

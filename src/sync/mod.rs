@@ -44,7 +44,7 @@ pub struct Report {
 /// The sync of every connection, with the store and the sink it shares with the rest of the app.
 pub struct Syncer {
     pub intake: Arc<Intake>,
-    pub sink: Sink,
+    pub sink: Arc<Sink>,
     /// Who holds the lease, when this instance does.
     instance: String,
 }
@@ -53,7 +53,7 @@ const LEASE_KEY: &str = "lease-sync";
 
 impl Syncer {
     pub fn new(intake: Arc<Intake>, sink: Sink) -> Syncer {
-        Syncer { intake, sink, instance: format!("{:016x}", rand::random::<u64>()) }
+        Syncer { intake, sink: Arc::new(sink), instance: format!("{:016x}", rand::random::<u64>()) }
     }
 
     /// Runs the requested syncs within the configured budget, one at a time across instances (a lease in
@@ -75,7 +75,7 @@ impl Syncer {
             for &kind in &config.sync.kinds {
                 let job = Job {
                     store: self.intake.store.as_ref(),
-                    sink: &self.sink,
+                    sink: Arc::clone(&self.sink),
                     connector: Arc::clone(connector),
                     connection: &connection.name,
                     kind,

@@ -1,14 +1,16 @@
 //! One sync of one connection and kind: read pages of changes from the watermark on, send them in
 //! batches, move the watermark after each accepted batch.
 //!
-//! Reading and sending overlap: a reader task fetches the next page while the last is being sent, through
-//! a channel of two pages, so memory holds at most a few pages and one batch whatever the backlog.
+//! Reading, building and sending overlap: a reader task fetches the next page through a channel of two
+//! pages, and up to two batches upload in their own tasks while the next is built, so memory holds a few
+//! pages and three batches whatever the backlog.
 //!
 //! Pages are keyset pages in (update time, id) order: `Since(t)` asks for records updated at or after `t`,
 //! and what was already read at `t` is dropped here. A page that holds only one second cannot move `t`
 //! on, so the rest of that second is read by id (`Within`), then the sync continues `After` it. Offsets are
 //! never used: they skip records while the data changes underneath.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +64,7 @@ enum Read {
 /// Everything one run needs.
 pub struct Job<'a> {
     pub store: &'a dyn Store,
-    pub sink: &'a Sink,
+    pub sink: Arc<Sink>,
     pub connector: Arc<dyn Connector>,
     pub connection: &'a str,
     pub kind: SyncKind,
@@ -123,8 +125,9 @@ impl Job<'_> {
         // The rows in the batcher: their position and fingerprint, and the last one's position.
         let mut gathered: Vec<(String, u64)> = Vec::new();
         let mut last: Option<(String, String)> = None;
+        let mut uploads: VecDeque<Upload> = VecDeque::new();
         let mut outcome = Ok(());
-        while let Some(read) = received.recv().await {
+        'read: while let Some(read) = received.recv().await {
             let page = match read {
                 Read::Page(page) => page,
                 Read::Failed(error) => {
@@ -144,69 +147,89 @@ impl Job<'_> {
                 change.row.set(time_generated, now_text.as_str());
                 if let Some(batch) = batcher.push(&change.row) {
                     let (updated, id) = last.clone().expect("a full batch has a last row");
-                    self.deliver(&batch, &key, &mut mark, &mut etag, &updated, &id, &mut gathered, report).await?;
+                    if uploads.len() == UPLOADS_IN_FLIGHT
+                        && let Some(oldest) = uploads.pop_front()
+                        && let Err(stop) = self.finish(oldest, &key, &mut mark, &mut etag, report).await
+                    {
+                        outcome = Err(stop);
+                        break 'read;
+                    }
+                    uploads.push_back(self.upload(batch, updated, id, std::mem::take(&mut gathered)));
                 }
                 gathered.push((change.updated.clone(), print));
                 last = Some((change.updated, change.id));
             }
         }
-        if let (Some(batch), Some((updated, id))) = (batcher.take(), last) {
-            self.deliver(&batch, &key, &mut mark, &mut etag, &updated, &id, &mut gathered, report).await?;
+        if outcome.is_ok()
+            && let (Some(batch), Some((updated, id))) = (batcher.take(), last)
+        {
+            uploads.push_back(self.upload(batch, updated, id, gathered));
+        }
+        // In order: the watermark follows the batches as they were read. After a failure it stays, and what
+        // later uploads delivered anyway is remembered so the next run does not send it again.
+        while let Some(upload) = uploads.pop_front() {
+            if outcome.is_ok() {
+                if let Err(stop) = self.finish(upload, &key, &mut mark, &mut etag, report).await {
+                    outcome = Err(stop);
+                }
+            } else if let Ok((_, Ok(()))) = upload.task.await {
+                report.sent += upload.rows as u64;
+                mark.remember(upload.gathered);
+            }
+        }
+        if let Err(stop @ (Stop::Overtaken | Stop::Store(_))) = outcome {
+            return Err(stop);
         }
         mark.last_run_at = chrono::Utc::now().timestamp_millis();
         mark.last_error = outcome.as_ref().err().map(ToString::to_string);
         // Only the run's end is recorded here; a run that moved nothing leaves no write behind.
         if report.batches > 0 || mark.last_error.is_some() || etag.is_none() {
-            etag = Some(self.save(&key, &mark, etag.as_deref()).await?);
+            self.save(&key, &mark, etag.as_deref()).await?;
         }
-        let _ = etag;
         report.watermark = mark.updated;
         outcome
     }
 
-    /// Send one batch (again, while the service is throttling and time is left), then move the watermark to
-    /// its last row. A refused batch is kept and passed.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver(
+    /// Starts sending a batch in its own task, so the next one is read and built meanwhile.
+    fn upload(&self, batch: Batch, updated: String, id: String, gathered: Vec<(String, u64)>) -> Upload {
+        let (sink, retry, deadline) = (Arc::clone(&self.sink), self.retry.clone(), self.deadline);
+        let rows = batch.rows;
+        let task = tokio::spawn(async move {
+            let sent = send(&sink, &batch, &retry, deadline).await;
+            (batch, sent)
+        });
+        Upload { task, rows, updated, id, gathered }
+    }
+
+    /// Waits for an upload, then moves the watermark to its last row. A refused batch is kept and passed.
+    async fn finish(
         &self,
-        batch: &Batch,
+        upload: Upload,
         key: &str,
         mark: &mut Watermark,
         etag: &mut Option<String>,
-        updated: &str,
-        id: &str,
-        gathered: &mut Vec<(String, u64)>,
         report: &mut KindReport,
     ) -> Result<(), Stop> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.sink.send(batch).await {
-                Ok(()) => {
-                    report.sent += batch.rows as u64;
-                    break;
-                }
-                Err(IngestError::Refused(reason)) => {
-                    tracing::error!(connection = self.connection, kind = self.kind.name(), rows = batch.rows, %reason,
-                        "Logs Ingestion refused a batch; it is kept in the sync table and the sync goes on");
-                    self.keep_refused(batch, &reason).await?;
-                    report.refused += 1;
-                    break;
-                }
-                Err(IngestError::Unavailable { message, retry_after }) => {
-                    let wait = crate::outbox::backoff(self.retry, attempt, retry_after);
-                    if attempt >= 5 || Instant::now() + wait >= self.deadline {
-                        return Err(Stop::Ingest(IngestError::Unavailable { message, retry_after }));
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                Err(setup) => return Err(Stop::Ingest(setup)),
+        let (batch, sent) = upload.task.await.map_err(|e| {
+            Stop::Ingest(IngestError::Unavailable {
+                message: format!("the upload task failed: {e}"),
+                retry_after: None,
+            })
+        })?;
+        match sent {
+            Ok(()) => report.sent += batch.rows as u64,
+            Err(IngestError::Refused(reason)) => {
+                tracing::error!(connection = self.connection, kind = self.kind.name(), rows = batch.rows, %reason,
+                    "Logs Ingestion refused a batch; it is kept in the sync table and the sync goes on");
+                self.keep_refused(&batch, &reason).await?;
+                report.refused += 1;
             }
+            Err(error) => return Err(Stop::Ingest(error)),
         }
         report.batches += 1;
         let overlap = chrono::Duration::from_std(self.settings.overlap).unwrap_or_default();
-        let keep_from = kinds::parse_time(updated).map_or(String::new(), |t| kinds::format_time(t - overlap));
-        mark.advance(updated, id, std::mem::take(gathered), &keep_from);
+        let keep_from = kinds::parse_time(&upload.updated).map_or(String::new(), |t| kinds::format_time(t - overlap));
+        mark.advance(&upload.updated, &upload.id, upload.gathered, &keep_from);
         *etag = Some(self.save(key, mark, etag.as_deref()).await?);
         report.watermark = mark.updated.clone();
         (self.progress)(report);
@@ -236,6 +259,36 @@ impl Job<'_> {
         let key = format!("refused-{:016x}", watermark::fingerprint(&batch.json, reason));
         self.store.insert(Table::Sync, &key, &value).await?;
         Ok(())
+    }
+}
+
+/// Batches being sent while the next is built: two keep the link busy without holding much memory.
+const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// A batch on its way, and where the watermark goes when it arrives.
+struct Upload {
+    task: tokio::task::JoinHandle<(Batch, Result<(), IngestError>)>,
+    rows: usize,
+    updated: String,
+    id: String,
+    gathered: Vec<(String, u64)>,
+}
+
+/// Sends a batch, again while the service throttles or fails and the run has time left.
+async fn send(sink: &Sink, batch: &Batch, retry: &OutboxSettings, deadline: Instant) -> Result<(), IngestError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.send(batch).await {
+            Err(IngestError::Unavailable { message, retry_after }) => {
+                let wait = crate::outbox::backoff(retry, attempt, retry_after);
+                if attempt >= 5 || Instant::now() + wait >= deadline {
+                    return Err(IngestError::Unavailable { message, retry_after });
+                }
+                tokio::time::sleep(wait).await;
+            }
+            answer => return answer,
+        }
     }
 }
 

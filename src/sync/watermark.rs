@@ -45,13 +45,19 @@ impl Watermark {
         self.recent.get(updated).is_some_and(|prints| prints.contains(&fingerprint))
     }
 
-    /// Records that `rows` more were accepted, the last at (`updated`, `id`), with these fingerprints;
-    /// forgets fingerprints older than `keep_from`.
-    pub fn advance(&mut self, updated: &str, id: &str, accepted: Vec<(String, u64)>, keep_from: &str) {
+    /// Remembers records accepted out of order (after a batch that failed) without moving the position: the
+    /// next run reads them again and drops them.
+    pub fn remember(&mut self, accepted: Vec<(String, u64)>) {
         self.sent += accepted.len() as u64;
         for (time, print) in accepted {
             self.recent.entry(time).or_default().push(print);
         }
+    }
+
+    /// Records that `rows` more were accepted, the last at (`updated`, `id`), with these fingerprints;
+    /// forgets fingerprints older than `keep_from`.
+    pub fn advance(&mut self, updated: &str, id: &str, accepted: Vec<(String, u64)>, keep_from: &str) {
+        self.remember(accepted);
         self.updated = updated.to_string();
         self.id = id.to_string();
         self.recent = self.recent.split_off(keep_from);

@@ -7,7 +7,6 @@
 //! a field; itsmc sends the incident's `description`, as ITSMC did for change requests.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -90,8 +89,9 @@ pub fn table(kind: SyncKind) -> &'static str {
 struct Plan {
     /// `sysparm_fields`: every mapped field, plus the two that order the sync.
     fields: String,
-    /// Field name -> the columns it fills and how.
-    columns: HashMap<&'static str, Vec<(usize, Take)>>,
+    /// Field name -> the columns it fills and how. A short list searched in order: cheaper than hashing for
+    /// two dozen names.
+    columns: Vec<(&'static str, Vec<(usize, Take)>)>,
     type_column: usize,
     connection_column: usize,
 }
@@ -101,11 +101,15 @@ fn plan(kind: SyncKind) -> &'static Plan {
     let plans = PLANS.get_or_init(|| {
         [INCIDENT, CHANGE_REQUEST].map(|pairs| {
             let schema = schema::service_desk();
-            let mut columns: HashMap<&'static str, Vec<(usize, Take)>> = HashMap::new();
+            let mut columns: Vec<(&'static str, Vec<(usize, Take)>)> = Vec::new();
             for &(column, field, take) in pairs {
-                columns.entry(field).or_default().push((schema.index(column), take));
+                let target = (schema.index(column), take);
+                match columns.iter_mut().find(|(name, _)| *name == field) {
+                    Some((_, targets)) => targets.push(target),
+                    None => columns.push((field, vec![target])),
+                }
             }
-            let mut fields: Vec<&str> = columns.keys().copied().chain(["sys_id"]).collect();
+            let mut fields: Vec<&str> = columns.iter().map(|(name, _)| *name).chain(["sys_id"]).collect();
             fields.sort_unstable();
             fields.dedup();
             Plan {
@@ -136,7 +140,36 @@ struct Field<'a> {
 #[derive(Deserialize)]
 struct Page<'a> {
     #[serde(borrow)]
-    result: Vec<HashMap<Cow<'a, str>, Field<'a>>>,
+    result: Vec<Record<'a>>,
+}
+
+/// A record's fields in the order sent, borrowed from the page where no unescaping was needed.
+struct Record<'a>(Vec<(Cow<'a, str>, Field<'a>)>);
+
+impl<'a, 'de: 'a> Deserialize<'de> for Record<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Record<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Table API record")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(32);
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, Field<'de>>()? {
+                    fields.push(entry);
+                }
+                Ok(Record(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+impl Record<'_> {
+    fn value(&self, name: &str) -> &str {
+        self.0.iter().find(|(n, _)| n == name).and_then(|(_, f)| f.value.as_deref()).unwrap_or_default()
+    }
 }
 
 /// A Table API page of `kind` records as changes, in the order ServiceNow sent them. `TimeGenerated` is
@@ -149,8 +182,7 @@ pub fn parse(body: &[u8], kind: SyncKind, connection: &str) -> Result<Vec<Change
     let plan = plan(kind);
     let mut changes = Vec::with_capacity(page.result.len());
     for record in page.result {
-        let value = |name: &str| record.get(name).and_then(|f| f.value.as_deref()).unwrap_or_default().to_owned();
-        let (id, updated) = (value("sys_id"), value("sys_updated_on"));
+        let (id, updated) = (record.value("sys_id").to_owned(), record.value("sys_updated_on").to_owned());
         if id.is_empty() || updated.is_empty() {
             return Err(ItsmError::Transient {
                 message: format!("ServiceNow sent a {} record without sys_id or sys_updated_on", table(kind)),
@@ -160,15 +192,14 @@ pub fn parse(body: &[u8], kind: SyncKind, connection: &str) -> Result<Vec<Change
         let mut row = schema::service_desk().row();
         row.set(plan.connection_column, connection);
         row.set(plan.type_column, kind.name());
-        for (name, field) in &record {
-            let Some(targets) = plan.columns.get(name.as_ref()) else { continue };
+        for (name, field) in &record.0 {
+            let Some((_, targets)) = plan.columns.iter().find(|(n, _)| *n == name.as_ref()) else { continue };
             for &(column, take) in targets {
-                let text = match take {
-                    Take::Value => field.value.as_deref().unwrap_or_default().to_owned(),
-                    Take::Display => field.display_value.as_deref().unwrap_or_default().to_owned(),
-                    Take::Time => iso_time(field.value.as_deref().unwrap_or_default()),
-                };
-                row.set(column, text);
+                match take {
+                    Take::Value => row.set(column, field.value.as_deref().unwrap_or_default()),
+                    Take::Display => row.set(column, field.display_value.as_deref().unwrap_or_default()),
+                    Take::Time => row.set(column, iso_time(field.value.as_deref().unwrap_or_default(), &mut [0; 20])),
+                }
             }
         }
         changes.push(Change { updated, id, row });
@@ -177,12 +208,34 @@ pub fn parse(body: &[u8], kind: SyncKind, connection: &str) -> Result<Vec<Change
 }
 
 /// ServiceNow's `2026-11-25 12:00:00` (UTC) as `2026-11-25T12:00:00Z`; anything else is left out rather
-/// than sent into a datetime column that would refuse it.
-fn iso_time(raw: &str) -> String {
-    match chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S") {
-        Ok(time) => time.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        Err(_) => String::new(),
+/// than sent into a datetime column that would refuse it. By hand, not through chrono's formatter: every
+/// record has several dates and this was a tenth of the sync's CPU.
+fn iso_time<'b>(raw: &str, buffer: &'b mut [u8; 20]) -> &'b str {
+    let b = raw.as_bytes();
+    let digits = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_digit);
+    let shaped = b.len() == 19
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b' '
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    let number = |range: std::ops::Range<usize>| raw[range].parse::<u32>().unwrap_or(u32::MAX);
+    let valid = shaped
+        && chrono::NaiveDate::from_ymd_opt(number(0..4) as i32, number(5..7), number(8..10)).is_some()
+        && chrono::NaiveTime::from_hms_opt(number(11..13), number(14..16), number(17..19)).is_some();
+    if !valid {
+        return "";
     }
+    buffer[..19].copy_from_slice(b);
+    buffer[10] = b'T';
+    buffer[19] = b'Z';
+    std::str::from_utf8(buffer).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -218,6 +271,15 @@ mod tests {
             } else {
                 assert!(in_incident && in_change, "{name} is filled for both kinds");
             }
+        }
+    }
+
+    #[test]
+    fn times_become_iso_or_nothing() {
+        assert_eq!(iso_time("2026-02-28 23:59:59", &mut [0; 20]), "2026-02-28T23:59:59Z");
+        for bad in ["", "2026-02-30 00:00:00", "2026-02-28T23:59:59", "2026-02-28 23:59", "２０２６-02-28 23:59:59"]
+        {
+            assert_eq!(iso_time(bad, &mut [0; 20]), "", "{bad}");
         }
     }
 
