@@ -143,6 +143,9 @@ pub struct Connection {
     pub fields: Fields,
     /// Named field sets picked with `?template=NAME`; they override the defaults.
     pub templates: BTreeMap<String, Fields>,
+    /// This connection's sync scope in days and kinds, when not the global `ITSMC_SYNC_DAYS`/`_KINDS`.
+    pub sync_days: Option<u32>,
+    pub sync_kinds: Option<Vec<crate::sync::SyncKind>>,
 }
 
 /// Outbox retry policy.
@@ -587,6 +590,8 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
         severity: SeverityMap::default(),
         fields,
         templates: BTreeMap::new(),
+        sync_days: None,
+        sync_kinds: None,
     })
 }
 
@@ -613,6 +618,9 @@ struct FileConnection {
     /// Key Vault secret names other than the defaults (`<name>-password`, ...).
     #[serde(default)]
     key_vault_names: NameOverrides,
+    /// The sync scope of this connection: days back (1 to 120) and kinds.
+    sync_days: Option<u32>,
+    sync_kinds: Option<Vec<String>>,
     work_item_type: Option<String>,
     grouping: Option<String>,
     short_description_max: Option<usize>,
@@ -770,6 +778,29 @@ fn connections_from_toml(
             severity,
             fields: compile_fields(&format!("{at}.fields"), c.fields)?,
             templates,
+            sync_days: match c.sync_days {
+                Some(days @ 1..=120) => Some(days),
+                Some(days) => {
+                    return Err(invalid(
+                        format!("{at}.sync_days"),
+                        format!("{days} is not from 1 to 120 (ITSMC's maximum)"),
+                    ));
+                }
+                None => None,
+            },
+            sync_kinds: c
+                .sync_kinds
+                .map(|kinds| {
+                    kinds
+                        .iter()
+                        .map(|k| {
+                            crate::sync::SyncKind::parse(k).ok_or_else(|| {
+                                invalid(format!("{at}.sync_kinds"), format!("'{k}' is not Incident or ChangeRequest"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?,
         });
     }
     Ok(out)

@@ -304,3 +304,53 @@ fn key_vault_secret_names_can_be_overridden() {
     let unknown = connection("a", "passwrd = \"x\"");
     assert!(with_file(&unknown, &[vault]).unwrap_err().to_string().contains("passwrd"));
 }
+
+/// The sync's settings: scope at most ITSMC's 120 days (globally or per connection), the kinds by name, the
+/// Logs Ingestion endpoint and rule checked for shape, the schedule parsed as the timer trigger would.
+#[test]
+fn sync_settings_are_checked_at_start() {
+    let config = load(&[
+        ("ITSMC_SYNC_DAYS", "30"),
+        ("ITSMC_SYNC_KINDS", "changerequest"),
+        ("ITSMC_SYNC_SCHEDULE", "0 */5 * * * *"),
+        ("ITSMC_LOGS_ENDPOINT", "https://itsmc-dce-a1b2.westeurope-1.ingest.monitor.azure.com"),
+        ("ITSMC_DCR_IMMUTABLE_ID", "dcr-0123456789abcdef0123456789abcdef"),
+    ])
+    .unwrap();
+    assert_eq!(config.sync.days, 30);
+    assert_eq!(config.sync.kinds, [itsmc::sync::SyncKind::ChangeRequest]);
+    let logs = config.logs.expect("Logs Ingestion configured");
+    assert_eq!(logs.rule, "dcr-0123456789abcdef0123456789abcdef");
+    assert!(load(&[]).unwrap().logs.is_none(), "no endpoint: rows stay local");
+
+    for (pairs, setting) in [
+        (vec![("ITSMC_SYNC_DAYS", "121")], "ITSMC_SYNC_DAYS"),
+        (vec![("ITSMC_SYNC_KINDS", "Incident,Problem")], "ITSMC_SYNC_KINDS"),
+        (vec![("ITSMC_SYNC_SCHEDULE", "*/5 * * * *")], "ITSMC_SYNC_SCHEDULE"),
+        (vec![("ITSMC_DCR_IMMUTABLE_ID", "dcr-0123456789abcdef0123456789abcdef")], "ITSMC_LOGS_ENDPOINT"),
+        (
+            vec![
+                ("ITSMC_LOGS_ENDPOINT", "http://ingest.example.com"),
+                ("ITSMC_DCR_IMMUTABLE_ID", "dcr-0123456789abcdef0123456789abcdef"),
+            ],
+            "ITSMC_LOGS_ENDPOINT",
+        ),
+        (
+            vec![
+                ("ITSMC_LOGS_ENDPOINT", "https://ingest.example.com"),
+                ("ITSMC_DCR_IMMUTABLE_ID", "/subscriptions/x/dataCollectionRules/y"),
+            ],
+            "ITSMC_DCR_IMMUTABLE_ID",
+        ),
+    ] {
+        let e = error(&pairs);
+        assert!(e.starts_with(&format!("{setting}:")), "{pairs:?}: {e}");
+    }
+
+    let file = "[[connections]]\nname = \"a\"\nproduct = \"dry-run\"\nsync_days = 7\nsync_kinds = [\"Incident\"]\n";
+    let config = with_file(file, &[]).unwrap();
+    assert_eq!(config.connections[0].sync_days, Some(7));
+    assert_eq!(config.connections[0].sync_kinds.as_deref(), Some(&[itsmc::sync::SyncKind::Incident][..]));
+    let e = with_file(&file.replace("sync_days = 7", "sync_days = 365"), &[]).unwrap_err().to_string();
+    assert!(e.contains("connections[0] (a).sync_days") && e.contains("120"), "{e}");
+}

@@ -75,7 +75,7 @@ async fn health(
     let mut warnings = Vec::new();
     let mut sync = Vec::new();
     for connection in &intake.config.connections {
-        for &kind in &intake.config.sync.kinds {
+        for &kind in connection.sync_kinds.as_ref().unwrap_or(&intake.config.sync.kinds) {
             let key = crate::sync::watermark::key(&connection.name, kind);
             let state = match crate::sync::watermark::load(intake.store.as_ref(), &key).await {
                 Ok(Some((mark, _))) => {

@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::config::SyncSettings;
 use crate::ingest::Sink;
 use crate::intake::Intake;
 use crate::store::{Insert, StoreError, Swap, Table};
@@ -72,14 +73,16 @@ impl Syncer {
         };
         'all: for connection in connections {
             let Some((_, connector)) = self.intake.connection(&connection.name) else { continue };
-            for &kind in &config.sync.kinds {
+            let settings =
+                SyncSettings { days: connection.sync_days.unwrap_or(config.sync.days), ..config.sync.clone() };
+            for &kind in connection.sync_kinds.as_ref().unwrap_or(&config.sync.kinds) {
                 let job = Job {
                     store: self.intake.store.as_ref(),
                     sink: Arc::clone(&self.sink),
                     connector: Arc::clone(connector),
                     connection: &connection.name,
                     kind,
-                    settings: &config.sync,
+                    settings: &settings,
                     retry: &config.outbox,
                     since_days: request.since_days,
                     deadline,
