@@ -97,18 +97,26 @@ async fn every_http_function_reaches_a_route() {
         let Some(trigger) = bindings.iter().find(|b| b["type"] == "httpTrigger") else { continue };
         assert_eq!(trigger["authLevel"], "function", "{name}: the function key guards every route");
         let route = trigger["route"].as_str().unwrap();
-        for method in trigger["methods"].as_array().unwrap() {
+        // Route parameters as the host would fill them: the default connection, each action the router has.
+        let paths: Vec<String> = if route.contains("{action}") {
+            ["test", "refresh"].iter().map(|action| format!("connections/default/{action}")).collect()
+        } else {
+            vec![route.replace("{name}", "default")]
+        };
+        for (method, path) in
+            trigger["methods"].as_array().unwrap().iter().flat_map(|m| paths.iter().map(move |p| (m, p)))
+        {
             let method = reqwest::Method::from_bytes(method.as_str().unwrap().to_uppercase().as_bytes()).unwrap();
             let response = reqwest::Client::new()
-                .request(method.clone(), format!("{}/api/{route}", itsmc.url))
+                .request(method.clone(), format!("{}/api/{path}", itsmc.url))
                 .body("{}")
                 .send()
                 .await
                 .unwrap();
-            assert!(![404, 405].contains(&response.status().as_u16()), "{name}: {method} /api/{route} is routed");
+            assert!(![404, 405].contains(&response.status().as_u16()), "{name}: {method} /api/{path} is routed");
         }
         routes.push(route.to_string());
     }
     routes.sort();
-    assert_eq!(routes, ["alert", "health", "workitems"]);
+    assert_eq!(routes, ["alert", "connections/{name}/{action}", "health", "servicedesk", "workitems"]);
 }
