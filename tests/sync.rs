@@ -570,3 +570,47 @@ async fn itsmc_sync_runs_from_the_command_line_with_the_managed_identity() {
     assert!(!output.status.success());
     assert!(stderr.contains("Monitoring Metrics Publisher"), "{stderr}");
 }
+
+/// Every alert operation leaves a `ServiceDeskLog_CL` row (ITSMC's columns and ours), sent with the next
+/// flush; a failed one says why with a code.
+#[tokio::test]
+async fn alert_operations_are_logged_to_service_desk_log() {
+    let world = World::start(&[("ITSMC_OUTBOX_BACKOFF_MS", "60000")]).await;
+    let alert = |id: &str| {
+        json!({
+            "schemaId": "azureMonitorCommonAlertSchema",
+            "data": {"essentials": {
+                "alertId": format!("/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/{id}"),
+                "alertRule": "cpu-high", "severity": "Sev2", "monitorCondition": "Fired",
+                "alertTargetIDs": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"]
+            }, "alertContext": {}}
+        })
+        .to_string()
+    };
+    let (status, created) = world.itsmc.alert("", &alert("logged-1")).await;
+    assert_eq!(status, 200, "{created}");
+    world.servicenow.fail_next(5, 503, None);
+    let (status, _) = world.itsmc.alert("", &alert("logged-2")).await;
+    assert_eq!(status, 202);
+    world.syncer.flush_log().await;
+
+    let log = world.ingestion.rows(SERVICE_DESK_LOG_STREAM);
+    assert_eq!(log.len(), 2, "{log:?}");
+    let ok = log.iter().find(|r| text(r, "Operation_s") == "created").expect("the created row");
+    let number = created["workItems"][0]["number"].as_str().unwrap();
+    assert_eq!(text(ok, "WorkItemId_s"), number);
+    assert_eq!(text(ok, "LogType_s"), "INFO");
+    assert_eq!(text(ok, "ServiceDeskConnectionName_s"), "prod");
+    assert!(text(ok, "AlertId_s").ends_with("/alerts/logged-1"));
+    assert!(text(ok, "Message").contains(number) && text(ok, "Message").contains("cpu-high"));
+    assert_eq!(
+        (ok["Status_b"].as_bool(), ok["HttpStatus_d"].as_f64(), ok["Attempt_d"].as_f64()),
+        (Some(true), Some(200.0), Some(1.0))
+    );
+    assert!(ok["DurationMs_d"].as_f64().is_some());
+    let failed = log.iter().find(|r| text(r, "Operation_s") == "queued").expect("the queued row");
+    assert_eq!((text(failed, "LogType_s"), text(failed, "ErrorCode_s")), ("ERROR", "retrying"));
+    assert!(text(failed, "ExceptionMessage_s").contains("503"), "{failed:?}");
+    assert_eq!(failed["HttpStatus_d"].as_f64(), Some(202.0));
+    assert!(world.itsmc.intake.log.is_empty(), "sent rows leave the buffer");
+}
