@@ -13,6 +13,9 @@
 //! per alert is reported beside itsmc's.
 
 #[allow(dead_code)]
+#[path = "support/proc.rs"]
+mod proc;
+#[allow(dead_code)]
 #[path = "../tests/support/servicenow.rs"]
 mod servicenow;
 
@@ -139,26 +142,6 @@ fn start_itsmc(sn_url: &str, settings: &[(&str, &str)]) -> (Itsmc, Duration) {
     (Itsmc { child, url: format!("http://{address}"), _dir: dir }, ready)
 }
 
-/// CPU seconds (user + system) the process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -245,12 +228,12 @@ async fn measured_run(
     concurrency: usize,
 ) {
     let alerts = bodies.len();
-    let cpu_before = cpu_seconds(pid);
-    let other_before = other.map_or(0.0, |(_, pid)| cpu_seconds(pid));
+    let cpu_before = proc::cpu_seconds(pid);
+    let other_before = other.map_or(0.0, |(_, pid)| proc::cpu_seconds(pid));
     let (wall, latencies, actions) = closed_loop(url, bodies, concurrency).await;
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = proc::cpu_seconds(pid) - cpu_before;
     if let Some((other_name, other_pid)) = other {
-        let other_cpu = cpu_seconds(other_pid) - other_before;
+        let other_cpu = proc::cpu_seconds(other_pid) - other_before;
         println!("{name}: {other_name} CPU {:.1} us/alert", other_cpu * 1e6 / alerts as f64);
     }
     let unexpected: Vec<&String> = actions.iter().filter(|a| *a != expected).take(5).collect();
@@ -286,7 +269,7 @@ fn main() {
         let (itsmc, _) = start_itsmc(&sn_url, &[]);
         let pid = itsmc.child.id();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle_rss = rss_kib(pid);
+        let idle_rss = proc::status_kib(pid, "VmRSS:");
         println!(
             "start to ready: median {:?}, min {:?}, max {:?} ({} starts)",
             starts[starts.len() / 2],
@@ -301,7 +284,7 @@ fn main() {
 
         let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "create")).collect();
         measured_run("create path", "created", &itsmc.url, pid, None, bodies.clone(), concurrency).await;
-        println!("peak RSS after the create run: {:.1} MB", rss_kib(pid) as f64 / 1024.0);
+        println!("peak RSS after the create run: {:.1} MB", proc::status_kib(pid, "VmRSS:") as f64 / 1024.0);
         measured_run("duplicates", "duplicate", &itsmc.url, pid, None, bodies, concurrency).await;
 
         let (latencies, failed) = open_loop(&itsmc.url, rate, seconds, "steady").await;

@@ -14,6 +14,9 @@ mod identity;
 #[path = "../tests/support/logs_ingestion.rs"]
 mod logs_ingestion;
 #[allow(dead_code)]
+#[path = "support/proc.rs"]
+mod proc;
+#[allow(dead_code)]
 #[path = "../tests/support/serve.rs"]
 mod serve;
 #[allow(dead_code)]
@@ -27,25 +30,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-
-fn proc_field(pid: u32, name: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 struct Run {
     seconds: f64,
@@ -67,8 +51,8 @@ fn itsmc_sync(args: &[&str], env: &[(String, String)]) -> Run {
     let pid = child.id();
     let (mut peak, mut cpu) = (0, 0.0);
     loop {
-        peak = peak.max(proc_field(pid, "VmHWM:"));
-        cpu = f64::max(cpu, cpu_seconds(pid));
+        peak = peak.max(proc::status_kib(pid, "VmHWM:"));
+        cpu = f64::max(cpu, proc::cpu_seconds(pid));
         if child.try_wait().expect("wait").is_some() {
             break;
         }

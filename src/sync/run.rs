@@ -276,19 +276,39 @@ struct Upload {
 
 /// Sends a batch, again while the service throttles or fails and the run has time left.
 async fn send(sink: &Sink, batch: &Batch, retry: &OutboxSettings, deadline: Instant) -> Result<(), IngestError> {
-    let mut attempt = 0;
+    retrying(
+        retry,
+        deadline,
+        || sink.send(batch),
+        |e| match e {
+            IngestError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// The sync's one retry loop: `attempt` again, after the outbox's backoff (or the service's `Retry-After`), while
+/// `transient` says the error may pass, up to five times and never past the deadline.
+async fn retrying<T, E, F: std::future::Future<Output = Result<T, E>>>(
+    retry: &OutboxSettings,
+    deadline: Instant,
+    mut attempt: impl FnMut() -> F,
+    transient: impl Fn(&E) -> Option<Option<Duration>>,
+) -> Result<T, E> {
+    let mut attempts = 0;
     loop {
-        attempt += 1;
-        match sink.send(batch).await {
-            Err(IngestError::Unavailable { message, retry_after }) => {
-                let wait = crate::outbox::backoff(retry, attempt, retry_after);
-                if attempt >= 5 || Instant::now() + wait >= deadline {
-                    return Err(IngestError::Unavailable { message, retry_after });
-                }
-                tokio::time::sleep(wait).await;
-            }
-            answer => return answer,
+        attempts += 1;
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let Some(retry_after) = transient(&error) else { return Err(error) };
+        let wait = crate::outbox::backoff(retry, attempts, retry_after);
+        if attempts >= 5 || Instant::now() + wait >= deadline {
+            return Err(error);
         }
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -381,23 +401,14 @@ async fn fetch(
     deadline: Instant,
     retry: &OutboxSettings,
 ) -> Result<Vec<Change>, ItsmError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match connector.changes(kind, window, page_size).await {
-            Err(ItsmError::Transient { message, retry_after }) => {
-                let wait = crate::outbox::backoff(retry, attempt, retry_after);
-                if attempt >= 5 || Instant::now() + wait >= deadline {
-                    return Err(ItsmError::Transient { message, retry_after });
-                }
-                tokio::time::sleep(wait).await;
-            }
-            answer => return answer,
-        }
-    }
-}
-
-/// The time left for a run that started now with `budget`.
-pub fn deadline(budget: Duration) -> Instant {
-    Instant::now() + budget
+    retrying(
+        retry,
+        deadline,
+        || connector.changes(kind, window, page_size),
+        |e| match e {
+            ItsmError::Transient { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        },
+    )
+    .await
 }
