@@ -614,3 +614,35 @@ async fn alert_operations_are_logged_to_service_desk_log() {
     assert_eq!(failed["HttpStatus_d"].as_f64(), Some(202.0));
     assert!(world.itsmc.intake.log.is_empty(), "sent rows leave the buffer");
 }
+
+/// Records changed while a run reads are in that run or the next, in their changed form; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_changed_during_a_run_are_not_lost() {
+    let world = World::start(&[("ITSMC_SYNC_PAGE_SIZE", "50"), ("ITSMC_SYNC_KINDS", "Incident")]).await;
+    let now = Utc::now();
+    world.servicenow.seed_incidents(600, now - Duration::days(3), now - Duration::minutes(10));
+    world.servicenow.set_latency(std::time::Duration::from_millis(20));
+    let changed: Vec<String> =
+        world.servicenow.records("incident").iter().step_by(97).map(|r| text(r, "sys_id").to_string()).collect();
+    let run = world.sync();
+    let change = async {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        for sys_id in &changed {
+            assert!(world.servicenow.update("incident", sys_id, json!({"short_description": "changed mid-run"})));
+        }
+    };
+    let (first, ()) = tokio::join!(run, change);
+    assert_eq!(report(&first, "Incident").error, None);
+    let second = world.sync().await;
+    assert_eq!(report(&second, "Incident").error, None);
+    let rows = world.rows();
+    let numbers: HashSet<&str> = rows.iter().map(|r| text(r, "ServiceDeskId_s")).collect();
+    assert_eq!(numbers.len(), 600, "every incident");
+    for sys_id in &changed {
+        let number = world.servicenow.record("incident", sys_id).unwrap()["number"].as_str().unwrap().to_string();
+        assert!(
+            rows.iter().any(|r| text(r, "ServiceDeskId_s") == number && text(r, "Title_s") == "changed mid-run"),
+            "{number}: its change arrived"
+        );
+    }
+}
