@@ -149,7 +149,7 @@ impl Job<'_> {
                     let (updated, id) = last.clone().expect("a full batch has a last row");
                     if uploads.len() == UPLOADS_IN_FLIGHT
                         && let Some(oldest) = uploads.pop_front()
-                        && let Err(stop) = self.finish(oldest, &key, &mut mark, &mut etag, report).await
+                        && let Err(stop) = self.finish(oldest, &key, &mut mark, &mut etag, &mut batcher, report).await
                     {
                         outcome = Err(stop);
                         break 'read;
@@ -169,7 +169,7 @@ impl Job<'_> {
         // later uploads delivered anyway is remembered so the next run does not send it again.
         while let Some(upload) = uploads.pop_front() {
             if outcome.is_ok() {
-                if let Err(stop) = self.finish(upload, &key, &mut mark, &mut etag, report).await {
+                if let Err(stop) = self.finish(upload, &key, &mut mark, &mut etag, &mut batcher, report).await {
                     outcome = Err(stop);
                 }
             } else if let Ok((_, Ok(()))) = upload.task.await {
@@ -208,6 +208,7 @@ impl Job<'_> {
         key: &str,
         mark: &mut Watermark,
         etag: &mut Option<String>,
+        batcher: &mut Batcher,
         report: &mut KindReport,
     ) -> Result<(), Stop> {
         let (batch, sent) = upload.task.await.map_err(|e| {
@@ -226,6 +227,7 @@ impl Job<'_> {
             }
             Err(error) => return Err(Stop::Ingest(error)),
         }
+        batcher.recycle(batch.json);
         report.batches += 1;
         let overlap = chrono::Duration::from_std(self.settings.overlap).unwrap_or_default();
         let keep_from = kinds::parse_time(&upload.updated).map_or(String::new(), |t| kinds::format_time(t - overlap));
