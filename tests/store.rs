@@ -1518,7 +1518,7 @@ mod table_storage_only {
         )
         .unwrap();
         let message = unavailable(store.get(Table::Links, "k").await);
-        assert!(message.contains("could not connect") && message.contains("check that the endpoint"), "{message}");
+        assert!(message.contains("cannot connect") && message.contains("check that the endpoint"), "{message}");
         let message = unavailable(store.ensure_tables().await.map(|()| None));
         assert!(message.contains("creating table itsmclinks"), "{message}");
     }

@@ -226,25 +226,11 @@ impl TableStore {
     }
 
     fn unreachable(&self, what: &str, err: &reqwest::Error) -> StoreError {
-        let kind = if err.is_timeout() {
-            "timed out"
-        } else if err.is_connect() {
-            "could not connect"
-        } else {
-            "failed"
-        };
-        // reqwest's own message is terse; the causes say what went wrong (refused, DNS, TLS).
-        let mut detail = String::new();
-        let mut source = std::error::Error::source(err);
-        while let Some(cause) = source {
-            detail.push_str(": ");
-            detail.push_str(&cause.to_string());
-            source = cause.source();
-        }
         StoreError::Unavailable(format!(
-            "Table Storage at {}: {what} {kind}{detail}; check that the endpoint is right and reachable from \
-             here (DNS, firewall, private endpoint) and that the storage account is up",
-            self.shown_endpoint()
+            "Table Storage at {}: {what}: {}; check that the endpoint is right and reachable from here (DNS, \
+             firewall, private endpoint) and that the storage account is up",
+            self.shown_endpoint(),
+            crate::http::failure(err)
         ))
     }
 

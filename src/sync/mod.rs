@@ -124,10 +124,7 @@ impl Syncer {
     fn log_run(&self, run: &KindReport) {
         self.intake.log.record(crate::ingest::connector_log::Event {
             connection: &run.connection,
-            operation: match run.kind {
-                "Incident" => "sync Incident",
-                _ => "sync ChangeRequest",
-            },
+            operation: &format!("sync {}", run.kind),
             success: run.error.is_none(),
             message: format!(
                 "sync of {}: {} read, {} sent, {} already sent, {} batches refused; watermark {}",
