@@ -157,6 +157,8 @@ pub struct OutboxSettings {
     pub max_backoff: Duration,
     /// How long one instance holds an operation before another may take it over.
     pub lease: Duration,
+    /// How long a finished delivery is kept (to answer its duplicates) before the timer deletes it.
+    pub keep_done: Duration,
     /// How often the local background worker looks for due work.
     pub poll: Duration,
 }
@@ -168,6 +170,7 @@ impl Default for OutboxSettings {
             first_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(60),
+            keep_done: Duration::from_secs(7 * 86_400),
             poll: Duration::from_millis(500),
         }
     }
@@ -245,6 +248,7 @@ impl Config {
                 3_600_000,
             )?),
             lease: Duration::from_secs(parse_number(&lookup, "ITSMC_OUTBOX_LEASE_SECS", 60, 1, 3_600)?),
+            keep_done: Duration::from_secs(86_400 * parse_number(&lookup, "ITSMC_OUTBOX_KEEP_DAYS", 7, 1, 365)?),
             ..OutboxSettings::default()
         };
         let key_vault = lookup("ITSMC_KEY_VAULT_URL")

@@ -128,6 +128,33 @@ pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
     report
 }
 
+/// Deletes finished deliveries older than `keep` (at most `limit` a call), so the store does not grow with
+/// every alert ever received. Their work items stay linked: a delivery retried after this long is taken as
+/// a new fire of the same problem (a note on its work item), not a duplicate. Dead letters stay until an
+/// operator deals with them.
+pub async fn prune(intake: &Intake, keep: Duration, limit: usize) -> Result<usize, crate::store::StoreError> {
+    let before = now_ms() - keep.as_millis() as i64;
+    let mut pruned = 0;
+    let mut continuation: Option<String> = None;
+    loop {
+        let filter = Some(Filter { field: "state", value: "done" });
+        let page = intake.store.scan(Table::Deliveries, filter, continuation.as_deref(), 1000).await?;
+        for entry in page.entries {
+            if pruned == limit {
+                return Ok(pruned);
+            }
+            let done_at = entry.value["doneAt"].as_i64().unwrap_or(i64::MAX);
+            if done_at < before && intake.store.delete(Table::Deliveries, &entry.key, &entry.etag).await? {
+                pruned += 1;
+            }
+        }
+        match page.continuation {
+            Some(c) => continuation = Some(c),
+            None => return Ok(pruned),
+        }
+    }
+}
+
 /// Take the delivery's lease and run it; `None` when another instance took it first.
 async fn retry(
     intake: &Arc<Intake>,

@@ -585,3 +585,43 @@ async fn a_resolve_never_creates_from_an_abandoned_claim() {
     assert_eq!((status, answer["action"].as_str()), (200, Some("created")), "{answer}");
     assert_eq!(sn.count("incident"), 1);
 }
+
+/// Finished deliveries are deleted by the timer once older than `ITSMC_OUTBOX_KEEP_DAYS`; newer ones stay
+/// (their duplicates are still answered as such). A delivery retried after that is a re-fire, not a new
+/// incident: the work item stays linked.
+#[tokio::test]
+async fn the_timer_prunes_finished_deliveries_past_their_keeping_time() {
+    use itsmc::store::{Filter, Swap, Table};
+    let sn = emulator();
+    let itsmc = itsmc_basic(&sn, &[("ITSMC_OUTBOX_KEEP_DAYS", "7")]).await;
+    let (old_body, new_body) = (fired("p-old", "2026-11-01T12:00:00Z"), fired("p-new", "2026-11-25T12:00:00Z"));
+    itsmc.alert("", &old_body).await;
+    itsmc.alert("", &new_body).await;
+    let store = &itsmc.intake.store;
+    let done = store.scan(Table::Deliveries, Some(Filter { field: "state", value: "done" }), None, 10).await.unwrap();
+    assert_eq!(done.entries.len(), 2);
+    // Age the first one by eight days, as if it had finished then.
+    let old = done.entries[0].clone();
+    let mut value = old.value.clone();
+    value["doneAt"] = json!(chrono::Utc::now().timestamp_millis() - 8 * 86_400_000);
+    assert!(matches!(
+        store.replace(Table::Deliveries, &old.key, &value, &old.etag).await.unwrap(),
+        Swap::Replaced { .. }
+    ));
+
+    let (_, answer) =
+        itsmc.post("/function-sync", fixture("protocols/functions-customhandler-timer-request.json")).await;
+    assert!(answer["Logs"].to_string().contains("1 finished deliveries past their keeping time deleted"), "{answer}");
+    assert!(store.get(Table::Deliveries, &old.key).await.unwrap().is_none(), "the old one is gone");
+    let left = store.scan(Table::Deliveries, None, None, 10).await.unwrap();
+    assert_eq!(left.entries.len(), 1, "the newer one stays");
+
+    // Delivered again, neither makes a new incident: the kept one is a duplicate; the pruned one is too while
+    // this instance still remembers it, else a re-fire of its linked incident.
+    for body in [&old_body, &new_body] {
+        let (status, again) = itsmc.alert("", body).await;
+        assert_eq!(status, 200, "{again}");
+        assert!(["duplicate", "updated"].contains(&again["action"].as_str().unwrap()), "{again}");
+    }
+    assert_eq!(sn.count("incident"), 2, "no new incident");
+}

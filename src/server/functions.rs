@@ -27,6 +27,11 @@ pub async fn timer(State(intake): State<Arc<Intake>>, State(syncer): State<Arc<S
         "outbox: {} pending, {} attempted, {} succeeded, {} requeued, {} dead-lettered",
         report.pending, report.attempted, report.succeeded, report.requeued, report.dead
     )];
+    match outbox::prune(&intake, intake.config.outbox.keep_done, 5_000).await {
+        Ok(0) => {}
+        Ok(pruned) => logs.push(format!("outbox: {pruned} finished deliveries past their keeping time deleted")),
+        Err(e) => logs.push(format!("outbox: finished deliveries could not be pruned: {e}")),
+    }
     if past_due {
         logs.push("timer was past due".into());
     }
