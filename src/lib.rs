@@ -13,6 +13,7 @@ pub mod intake;
 pub mod itsm;
 pub mod logging;
 pub mod outbox;
+pub mod package;
 pub mod secrets;
 pub mod server;
 pub mod store;

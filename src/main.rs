@@ -31,6 +31,15 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=120))]
         since: Option<u32>,
     },
+    /// Build the zip a Linux Function App runs: host.json, the function folders and this binary.
+    Package {
+        /// Where to write it.
+        #[arg(long, default_value = "itsmc.zip")]
+        out: std::path::PathBuf,
+        /// The Linux x86-64 binary to put in it (default: this one).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
     /// Test a connection, or refresh its choice lists and templates from the ITSM tool.
     Connections {
         #[command(subcommand)]
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
             Command::Serve { port } => serve(port).await,
             Command::Sync { connection, since } => sync(connection, since).await,
             Command::Connections { action } => connections(action).await,
+            Command::Package { out, binary } => package(&out, binary),
         }
     });
     match result {
@@ -152,6 +162,16 @@ async fn sync(connection: Option<String>, since_days: Option<u32>) -> Result<(),
         }
     }
     if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+}
+
+fn package(out: &std::path::Path, binary: Option<std::path::PathBuf>) -> Result<(), String> {
+    let binary = match binary {
+        Some(path) => path,
+        None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}; give --binary"))?,
+    };
+    let package = itsmc::package::write(out, &binary)?;
+    println!("{}: {} entries, {:.1} MB", out.display(), package.entries, package.bytes as f64 / 1e6);
+    Ok(())
 }
 
 async fn connections(action: ConnectionAction) -> Result<(), String> {

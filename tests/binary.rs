@@ -120,3 +120,68 @@ async fn every_http_function_reaches_a_route() {
     routes.sort();
     assert_eq!(routes, ["alert", "connections/{name}/{action}", "health", "servicedesk", "workitems"]);
 }
+
+/// `itsmc package` writes the zip a Linux Function App runs: every function folder of the repository and
+/// host.json, byte for byte, and the binary with its executable bit (the host cannot start it otherwise).
+/// Read back here with a reader of our own, from the zip format's central directory.
+#[test]
+fn the_package_holds_the_host_layout_with_the_executable_bit() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("itsmc.zip");
+    let binary = env!("CARGO_BIN_EXE_itsmc");
+    let status = std::process::Command::new(binary)
+        .args(["package", "--out", out.to_str().unwrap(), "--binary", binary])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let zip = std::fs::read(&out).unwrap();
+
+    // The end of central directory record, then each central directory header.
+    let u16_at = |at: usize| u16::from_le_bytes([zip[at], zip[at + 1]]) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(zip[at..at + 4].try_into().unwrap()) as usize;
+    let end = zip.len() - 22;
+    assert_eq!(u32_at(end), 0x0605_4b50, "ends with the end of central directory");
+    let (count, mut at) = (u16_at(end + 10), u32_at(end + 16));
+    let mut entries = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        assert_eq!(u32_at(at), 0x0201_4b50);
+        let (crc, packed, size) = (u32_at(at + 16), u32_at(at + 20), u32_at(at + 24));
+        let (name_len, extra, comment) = (u16_at(at + 28), u16_at(at + 30), u16_at(at + 32));
+        let mode = u32_at(at + 38) >> 16;
+        let local = u32_at(at + 42);
+        let name = String::from_utf8(zip[at + 46..at + 46 + name_len].to_vec()).unwrap();
+        at += 46 + name_len + extra + comment;
+        // The entry's data, after its local header.
+        assert_eq!(u32_at(local), 0x0403_4b50);
+        let start = local + 30 + u16_at(local + 26) + u16_at(local + 28);
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&zip[start..start + packed]), &mut content)
+            .unwrap();
+        assert_eq!(content.len(), size, "{name}");
+        let mut check = flate2::Crc::new();
+        check.update(&content);
+        assert_eq!(check.sum() as usize, crc, "{name}");
+        entries.insert(name, (mode, content));
+    }
+
+    let mut expected: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|name| name.starts_with("function-"))
+        .map(|dir| format!("{dir}/function.json"))
+        .chain(["host.json".to_string(), "itsmc".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(entries.keys().cloned().collect::<Vec<_>>(), expected, "every function folder, host.json, itsmc");
+    for (name, (mode, content)) in &entries {
+        if name == "itsmc" {
+            assert_eq!(*mode, 0o100755, "the binary is executable");
+            assert!(*content == std::fs::read(binary).unwrap(), "the binary, whole");
+        } else {
+            assert_eq!(*mode, 0o100644, "{name}");
+            assert_eq!(content, &std::fs::read(root.join(name)).unwrap(), "{name} as in the repository");
+        }
+    }
+}
