@@ -290,15 +290,7 @@ impl Config {
 fn sync_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<SyncSettings, ConfigError> {
     let kinds = match lookup("ITSMC_SYNC_KINDS") {
         None => crate::sync::SyncKind::ALL.to_vec(),
-        Some(raw) => raw
-            .split(',')
-            .filter(|k| !k.trim().is_empty())
-            .map(|k| {
-                crate::sync::SyncKind::parse(k).ok_or_else(|| {
-                    invalid("ITSMC_SYNC_KINDS", format!("'{}' is not Incident or ChangeRequest", k.trim()))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(raw) => sync_kinds("ITSMC_SYNC_KINDS", raw.split(',').map(str::trim).filter(|k| !k.is_empty()))?,
     };
     Ok(SyncSettings {
         days: parse_number(lookup, "ITSMC_SYNC_DAYS", 120, 1, 120)? as u32,
@@ -320,6 +312,18 @@ fn sync_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<SyncSetting
     })
 }
 
+fn sync_kinds<'a>(
+    setting: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<crate::sync::SyncKind>, ConfigError> {
+    names
+        .map(|k| {
+            crate::sync::SyncKind::parse(k)
+                .ok_or_else(|| invalid(setting, format!("'{k}' is not Incident or ChangeRequest")))
+        })
+        .collect()
+}
+
 fn ingestion_settings(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<crate::ingest::client::IngestionSettings>, ConfigError> {
@@ -329,7 +333,7 @@ fn ingestion_settings(
         }
         return Ok(None);
     };
-    let endpoint = storage_url("ITSMC_LOGS_ENDPOINT", &raw)?;
+    let endpoint = https_url("ITSMC_LOGS_ENDPOINT", &raw)?;
     let rule = lookup("ITSMC_DCR_IMMUTABLE_ID").ok_or_else(|| {
         invalid("ITSMC_DCR_IMMUTABLE_ID", "Logs Ingestion needs the data collection rule's immutableId")
     })?;
@@ -366,7 +370,7 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
     }
     let client_id = lookup("AzureWebJobsStorage__clientId");
     let endpoint = if let Some(uri) = lookup("AzureWebJobsStorage__tableServiceUri") {
-        Some(storage_url("AzureWebJobsStorage__tableServiceUri", &uri)?)
+        Some(https_url("AzureWebJobsStorage__tableServiceUri", &uri)?)
     } else if let Some(account) = lookup("AzureWebJobsStorage__accountName") {
         let valid =
             (3..=24).contains(&account.len()) && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -376,7 +380,7 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
                 format!("'{account}' is not a storage account name (3-24 lowercase letters and digits)"),
             ));
         }
-        Some(storage_url("AzureWebJobsStorage__accountName", &format!("https://{account}.table.core.windows.net"))?)
+        Some(https_url("AzureWebJobsStorage__accountName", &format!("https://{account}.table.core.windows.net"))?)
     } else {
         None
     };
@@ -400,8 +404,8 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
     })
 }
 
-/// An https URL (http only to this machine), as a storage or vault endpoint must be.
-fn storage_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
+/// An https URL (http only to this machine), as every endpoint itsmc talks to must be.
+fn https_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
     if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
         return Err(invalid(setting, format!("'{raw}' must be an https:// URL")));
@@ -444,12 +448,7 @@ const DEFAULT_CLOSE_NOTES: &str =
     "Resolved by Azure Monitor: alert \"{{ rule }}\" was resolved at {{ resolvedAt | default(\"(time not given)\") }}.";
 
 fn servicenow_url(setting: &str, raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if crate::http::plain_http_allowed(&url) => {}
-        _ => return Err(invalid(setting, format!("'{raw}' must be an https:// URL"))),
-    }
+    let url = https_url(setting, raw)?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(setting, "put credentials in their own settings, not in the URL"));
     }
@@ -794,16 +793,7 @@ fn connections_from_toml(
             },
             sync_kinds: c
                 .sync_kinds
-                .map(|kinds| {
-                    kinds
-                        .iter()
-                        .map(|k| {
-                            crate::sync::SyncKind::parse(k).ok_or_else(|| {
-                                invalid(format!("{at}.sync_kinds"), format!("'{k}' is not Incident or ChangeRequest"))
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
+                .map(|kinds| sync_kinds(&format!("{at}.sync_kinds"), kinds.iter().map(String::as_str)))
                 .transpose()?,
         });
     }

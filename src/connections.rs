@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::config::Connection;
 use crate::intake::Intake;
 use crate::itsm::{Diagnosis, RemoteConfiguration};
-use crate::store::{Insert, Store, StoreError, Swap, Table};
+use crate::store::{Store, StoreError, Table, upsert};
 
 /// How often the timer refreshes a connection's configuration.
 const REFRESH_EVERY_MS: i64 = 24 * 3600 * 1000;
@@ -87,7 +87,10 @@ pub async fn refresh(intake: &Intake, name: &str) -> Result<Refreshed, String> {
         invalid,
     };
     if refreshed.diagnosis.ok || refreshed.diagnosis.code == "invalid_values" {
-        keep(intake.store.as_ref(), &refreshed).await.map_err(|e| e.to_string())?;
+        let kept = json!(refreshed);
+        upsert(intake.store.as_ref(), Table::Sync, &key(&refreshed.connection), &kept)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     intake.connection_status.set(&connection.name, diagnosis);
     Ok(refreshed)
@@ -114,22 +117,6 @@ pub async fn cached(store: &dyn Store, connection: &str) -> Result<Option<Refres
 
 fn key(connection: &str) -> String {
     format!("config-{}", connection.to_ascii_lowercase())
-}
-
-async fn keep(store: &dyn Store, refreshed: &Refreshed) -> Result<(), StoreError> {
-    let value = json!(refreshed);
-    let key = key(&refreshed.connection);
-    for _ in 0..3 {
-        match store.insert(Table::Sync, &key, &value).await? {
-            Insert::Inserted { .. } => return Ok(()),
-            Insert::Conflict(current) => {
-                if let Swap::Replaced { .. } = store.replace(Table::Sync, &key, &value, &current.etag).await? {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Err(StoreError::Unavailable(format!("{key} kept changing while it was written")))
 }
 
 /// The connection's constant field values (and close code, urgencies and impacts) that are not among the

@@ -34,13 +34,13 @@ impl App {
     /// Open the store and build the clients; errors name what to fix.
     pub async fn start(config: config::Config) -> Result<App, String> {
         let http = http::build_client(&config.http).map_err(|e| e.to_string())?;
-        let store = open_store(&config, &http).await?;
+        let mut identities = Identities { http: http.clone(), made: Vec::new() };
+        let store = open_store(&config, &http, &mut identities).await?;
         let entra =
             config.entra.clone().map(|settings| Arc::new(server::entra::EntraValidator::new(settings, http.clone())));
         let vault = match &config.key_vault {
             Some(settings) => {
-                let credential =
-                    secrets::credential(http.clone(), settings.client_id.as_deref()).map_err(|e| e.to_string())?;
+                let credential = identities.get(settings.client_id.as_deref()).map_err(|e| e.to_string())?;
                 let vault = secrets::Secrets::key_vault(&settings.url, credential, http.clone())
                     .map_err(|e| format!("ITSMC_KEY_VAULT_URL: {e}"))?;
                 Some(Arc::new(vault))
@@ -49,8 +49,8 @@ impl App {
         };
         let sink = match &config.logs {
             Some(settings) => {
-                let credential = secrets::credential(http.clone(), settings.client_id.as_deref())
-                    .map_err(|e| format!("ITSMC_LOGS_ENDPOINT: {e}"))?;
+                let credential =
+                    identities.get(settings.client_id.as_deref()).map_err(|e| format!("ITSMC_LOGS_ENDPOINT: {e}"))?;
                 ingest::Sink::LogsIngestion(Box::new(ingest::client::LogsIngestion::new(
                     settings.clone(),
                     credential,
@@ -71,7 +71,11 @@ impl App {
 }
 
 /// The store the settings choose (see [`config::StateSettings`]); Table Storage tables are created if missing.
-async fn open_store(config: &config::Config, http: &reqwest::Client) -> Result<Arc<dyn store::Store>, String> {
+async fn open_store(
+    config: &config::Config,
+    http: &reqwest::Client,
+    identities: &mut Identities,
+) -> Result<Arc<dyn store::Store>, String> {
     use config::StateSettings;
     let table = match &config.state {
         StateSettings::Embedded { data_dir } => {
@@ -83,12 +87,34 @@ async fn open_store(config: &config::Config, http: &reqwest::Client) -> Result<A
                 .map_err(|e| format!("AzureWebJobsStorage: {e}"))?
         }
         StateSettings::TableIdentity { endpoint, client_id, prefix } => {
-            let credential = secrets::credential(http.clone(), client_id.as_deref())
-                .map_err(|e| format!("AzureWebJobsStorage (identity): {e}"))?;
+            let credential =
+                identities.get(client_id.as_deref()).map_err(|e| format!("AzureWebJobsStorage (identity): {e}"))?;
             store::TableStore::with_credential(endpoint.clone(), credential, prefix, http.clone())
                 .map_err(|e| format!("AzureWebJobsStorage__tableServiceUri: {e}"))?
         }
     };
     table.ensure_tables().await.map_err(|e| format!("AzureWebJobsStorage: {e}"))?;
     Ok(Arc::new(table))
+}
+
+/// The app's Azure credentials, one per identity: Table Storage, Key Vault and Logs Ingestion usually share
+/// one, and each made credential sets up its own identity client.
+struct Identities {
+    http: reqwest::Client,
+    made: Vec<(Option<String>, Arc<dyn azure_core::credentials::TokenCredential>)>,
+}
+
+impl Identities {
+    /// The credential of the user-assigned identity `client_id`, or of the app's own.
+    fn get(
+        &mut self,
+        client_id: Option<&str>,
+    ) -> Result<Arc<dyn azure_core::credentials::TokenCredential>, secrets::SecretError> {
+        if let Some((_, made)) = self.made.iter().find(|(id, _)| id.as_deref() == client_id) {
+            return Ok(Arc::clone(made));
+        }
+        let made = secrets::credential(self.http.clone(), client_id)?;
+        self.made.push((client_id.map(str::to_owned), Arc::clone(&made)));
+        Ok(made)
+    }
 }

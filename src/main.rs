@@ -84,15 +84,14 @@ fn main() -> ExitCode {
 }
 
 async fn serve(port: Option<u16>) -> Result<(), String> {
-    let under_functions_host = std::env::var_os("FUNCTIONS_CUSTOMHANDLER_PORT").is_some();
-    let port = match port {
-        Some(port) => port,
-        None => match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT") {
-            Ok(raw) => {
-                raw.parse().map_err(|_| format!("FUNCTIONS_CUSTOMHANDLER_PORT: '{raw}' is not a port number"))?
-            }
-            Err(_) => 7071,
-        },
+    let host_port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok();
+    let under_functions_host = host_port.is_some();
+    let port = match (port, host_port) {
+        (Some(port), _) => port,
+        (None, Some(raw)) => {
+            raw.parse().map_err(|_| format!("FUNCTIONS_CUSTOMHANDLER_PORT: '{raw}' is not a port number"))?
+        }
+        (None, None) => 7071,
     };
     let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?).await?;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
@@ -153,10 +152,7 @@ async fn sync(connection: Option<String>, since_days: Option<u32>) -> Result<(),
     }
     let mut failed = Vec::new();
     for run in &report.runs {
-        println!(
-            "{} {}: {} read, {} sent, {} skipped, {} refused batches, watermark {} ({} ms)",
-            run.connection, run.kind, run.read, run.sent, run.skipped, run.refused, run.watermark, run.duration_ms
-        );
+        println!("{run}");
         if let Some(error) = &run.error {
             failed.push(format!("{} {}: {error}", run.connection, run.kind));
         }

@@ -470,7 +470,7 @@ pub fn credential(
                     error_text(&e)
                 ),
             })?;
-            tracing::info!(endpoint, client_id = client_id.as_deref(), "Key Vault: using the app's managed identity");
+            tracing::info!(endpoint, client_id = client_id.as_deref(), "Azure credentials: the app's managed identity");
             (inner, Source::AppService { endpoint, client_id }, Some(Secret::new(header)))
         }
         (Some(_), None) => {
@@ -488,14 +488,14 @@ pub fn credential(
                         error_text(&e)
                     ),
                 })?;
-                tracing::info!(client_id, "Key Vault: using a user-assigned managed identity through IMDS");
+                tracing::info!(client_id, "Azure credentials: a user-assigned managed identity through IMDS");
                 (inner, Source::Imds { client_id }, None)
             }
             None => {
                 let inner = DeveloperToolsCredential::new(None).map_err(|e| SecretError::IdentityConfig {
                     message: format!("the developer credentials cannot be used ({})", error_text(&e)),
                 })?;
-                tracing::info!("Key Vault: no managed identity here; using the Azure CLI sign-in");
+                tracing::info!("Azure credentials: no managed identity here; using the Azure CLI sign-in");
                 (inner, Source::DeveloperTools, None)
             }
         },

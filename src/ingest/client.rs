@@ -7,12 +7,9 @@
 //! [`IngestError::Refused`] with the service's reason; 401, 403 and 404 [`IngestError::Setup`] saying which
 //! setting or role to fix. Nothing is retried here: the sync decides (see `sync::run`).
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use azure_core::credentials::TokenCredential;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 use url::Url;
@@ -80,7 +77,7 @@ impl LogsIngestion {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.token.secret()))
             .map_err(|_| IngestError::Setup("the Entra token is not a valid HTTP header value".into()))?;
         authorization.set_sensitive(true);
-        let body = gzip(batch.json.as_bytes());
+        let body = super::gzip(batch.json.as_bytes());
         let what = format!("{} rows to {stream}", batch.rows);
         let response = self
             .http
@@ -123,13 +120,6 @@ fn request_id() -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    // Level 1: JSON rows still shrink about tenfold, at a fraction of the default level's CPU.
-    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 6), Compression::fast());
-    encoder.write_all(data).expect("writing to memory");
-    encoder.finish().expect("writing to memory")
-}
-
 /// The service's `{"error": {"code", "message"}}`, or the body's start.
 fn error_text(body: &str) -> String {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
@@ -151,7 +141,8 @@ mod tests {
     fn gzip_round_trips() {
         let data = b"[{\"Title_s\":\"a\"}]".repeat(100);
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip(&data)[..]), &mut out).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&super::super::gzip(&data)[..]), &mut out)
+            .unwrap();
         assert_eq!(out, data);
     }
 

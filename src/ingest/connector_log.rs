@@ -32,6 +32,49 @@ pub struct Event<'a> {
     pub duration_ms: Option<u64>,
 }
 
+/// The columns a row fills, looked up in the schema once: rows are made on the alert route.
+struct Columns {
+    time_generated: usize,
+    status_log_time: usize,
+    log_type: usize,
+    message: usize,
+    exception: usize,
+    connection: usize,
+    status: usize,
+    action_status: usize,
+    alert_id: usize,
+    work_item: usize,
+    operation: usize,
+    error_code: usize,
+    http_status: usize,
+    attempt: usize,
+    duration: usize,
+}
+
+fn columns() -> &'static Columns {
+    static COLUMNS: std::sync::OnceLock<Columns> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        let schema = schema::service_desk_log();
+        Columns {
+            time_generated: schema.index("TimeGenerated"),
+            status_log_time: schema.index("StatusLogTime_t"),
+            log_type: schema.index("LogType_s"),
+            message: schema.index("Message"),
+            exception: schema.index("ExceptionMessage_s"),
+            connection: schema.index("ServiceDeskConnectionName_s"),
+            status: schema.index("Status_b"),
+            action_status: schema.index("ActionStatus_d"),
+            alert_id: schema.index("AlertId_s"),
+            work_item: schema.index("WorkItemId_s"),
+            operation: schema.index("Operation_s"),
+            error_code: schema.index("ErrorCode_s"),
+            http_status: schema.index("HttpStatus_d"),
+            attempt: schema.index("Attempt_d"),
+            duration: schema.index("DurationMs_d"),
+        }
+    })
+}
+
 #[derive(Default)]
 pub struct ConnectorLog {
     rows: Mutex<VecDeque<Row>>,
@@ -39,29 +82,29 @@ pub struct ConnectorLog {
 
 impl ConnectorLog {
     pub fn record(&self, event: Event<'_>) {
-        let schema = schema::service_desk_log();
-        let mut row = schema.row();
+        let c = columns();
+        let mut row = schema::service_desk_log().row();
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        row.set(schema.index("TimeGenerated"), now.as_str());
-        row.set(schema.index("StatusLogTime_t"), &now);
-        row.set(schema.index("LogType_s"), if event.success { "INFO" } else { "ERROR" });
-        row.set(schema.index("Message"), &event.message);
-        row.set(schema.index("ExceptionMessage_s"), event.error.as_deref().unwrap_or_default());
-        row.set(schema.index("ServiceDeskConnectionName_s"), event.connection);
-        row.set_bool(schema.index("Status_b"), event.success);
-        row.set_number(schema.index("ActionStatus_d"), if event.success { 1.0 } else { 0.0 });
-        row.set(schema.index("AlertId_s"), event.alert_id.unwrap_or_default());
-        row.set(schema.index("WorkItemId_s"), event.work_item.unwrap_or_default());
-        row.set(schema.index("Operation_s"), event.operation);
-        row.set(schema.index("ErrorCode_s"), event.error_code.unwrap_or_default());
+        row.set(c.time_generated, &now);
+        row.set(c.status_log_time, &now);
+        row.set(c.log_type, if event.success { "INFO" } else { "ERROR" });
+        row.set(c.message, &event.message);
+        row.set(c.exception, event.error.as_deref().unwrap_or_default());
+        row.set(c.connection, event.connection);
+        row.set_bool(c.status, event.success);
+        row.set_number(c.action_status, if event.success { 1.0 } else { 0.0 });
+        row.set(c.alert_id, event.alert_id.unwrap_or_default());
+        row.set(c.work_item, event.work_item.unwrap_or_default());
+        row.set(c.operation, event.operation);
+        row.set(c.error_code, event.error_code.unwrap_or_default());
         if let Some(status) = event.http_status {
-            row.set_number(schema.index("HttpStatus_d"), f64::from(status));
+            row.set_number(c.http_status, f64::from(status));
         }
         if let Some(attempt) = event.attempt {
-            row.set_number(schema.index("Attempt_d"), f64::from(attempt));
+            row.set_number(c.attempt, f64::from(attempt));
         }
         if let Some(ms) = event.duration_ms {
-            row.set_number(schema.index("DurationMs_d"), ms as f64);
+            row.set_number(c.duration, ms as f64);
         }
         if let Ok(mut rows) = self.rows.lock() {
             if rows.len() == MAX_BUFFERED {
@@ -87,19 +130,11 @@ impl ConnectorLog {
             Err(_) => return Ok(0),
         };
         let mut batcher = Batcher::new(schema::service_desk_log(), MAX_BATCH_BYTES);
-        let mut batches = Vec::new();
-        let mut cut = Vec::new();
-        for (i, row) in rows.iter().enumerate() {
-            if let Some(batch) = batcher.push(row) {
-                batches.push(batch);
-                cut.push(i);
-            }
-        }
+        let mut batches: Vec<_> = rows.iter().filter_map(|row| batcher.push(row)).collect();
         batches.extend(batcher.take());
-        cut.push(rows.len());
-        let mut sent = 0;
-        let mut from = 0;
-        for (batch, to) in batches.iter().zip(cut) {
+        // Batches hold the rows in order: `from` is the first row of the batch being sent.
+        let (mut sent, mut from) = (0, 0);
+        for batch in &batches {
             match sink.send(batch).await {
                 Ok(()) => sent += batch.rows,
                 Err(IngestError::Refused(reason)) => {
@@ -116,7 +151,7 @@ impl ConnectorLog {
                     return Err(error);
                 }
             }
-            from = to;
+            from += batch.rows;
         }
         Ok(sent)
     }

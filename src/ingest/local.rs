@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::{Batch, IngestError};
-use crate::store::{Filter, Insert, Store, StoreError, Swap, Table};
+use crate::store::{Filter, Store, StoreError, Table, upsert};
 use crate::sync::schema;
 
 pub struct LocalRows {
@@ -31,7 +31,9 @@ impl LocalRows {
         let mut writes = JoinSet::new();
         for row in rows {
             let store = Arc::clone(&self.store);
-            writes.spawn(async move { upsert(store.as_ref(), &row_key(&row), &Value::Object(row)).await });
+            writes.spawn(async move {
+                upsert(store.as_ref(), Table::ServiceDesk, &row_key(&row), &Value::Object(row)).await
+            });
         }
         while let Some(written) = writes.join_next().await {
             written.map_err(|e| IngestError::Unavailable { message: e.to_string(), retry_after: None })??;
@@ -66,24 +68,4 @@ fn row_key(row: &Map<String, Value>) -> String {
         hash.update([0]);
     }
     hex::encode(&hash.finalize()[..16])
-}
-
-/// Insert, or replace what is there; a concurrent writer of the same key is retried against.
-async fn upsert(store: &dyn Store, key: &str, value: &Value) -> Result<(), StoreError> {
-    let mut current = match store.insert(Table::ServiceDesk, key, value).await? {
-        Insert::Inserted { .. } => return Ok(()),
-        Insert::Conflict(entry) => entry,
-    };
-    for _ in 0..5 {
-        match store.replace(Table::ServiceDesk, key, value, &current.etag).await? {
-            Swap::Replaced { .. } => return Ok(()),
-            Swap::Stale(Some(now)) => current = now,
-            Swap::Stale(None) => {
-                if let Insert::Inserted { .. } = store.insert(Table::ServiceDesk, key, value).await? {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Err(StoreError::Unavailable(format!("row {key} kept changing while it was written")))
 }

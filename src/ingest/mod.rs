@@ -17,6 +17,15 @@ use crate::sync::schema::{Row, Schema};
 /// The Logs Ingestion API takes at most 1 MB per call; a little is kept back for the brackets.
 pub const MAX_BATCH_BYTES: usize = 1_000_000 - 16;
 
+/// `data` gzip-compressed as Logs Ingestion takes it (and as refused batches are kept). Level 1: JSON rows
+/// still shrink about tenfold, at a fraction of the default level's CPU.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 6), flate2::Compression::fast());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
 /// Rows for one stream, as the JSON array that is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -678,13 +678,15 @@ impl EntraValidator {
             .timeout(self.policy.fetch_timeout)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {}", describe(&e)))?;
+            .map_err(|e| format!("GET {url}: {}", crate::http::failure(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("GET {url}: HTTP {status}"));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {}", describe(&e)))? {
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| format!("GET {url}: {}", crate::http::failure(&e)))?
+        {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                 return Err(format!("GET {url}: the answer is over {MAX_DOCUMENT_BYTES} bytes"));
             }
@@ -692,18 +694,6 @@ impl EntraValidator {
         }
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not the expected JSON document ({e})"))
     }
-}
-
-/// reqwest's Display hides the cause (timeout, refused connection, TLS) in the source chain.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() { "timed out".to_string() } else { error.to_string() };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Deserialize)]

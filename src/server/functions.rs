@@ -43,18 +43,8 @@ pub async fn timer(State(intake): State<Arc<Intake>>, State(syncer): State<Arc<S
         logs.push(format!("sync: skipped, {why}"));
     }
     for run in &sync.runs {
-        logs.push(format!(
-            "sync {} {}: {} read, {} sent, {} skipped, {} batches, {} refused, watermark {}{}",
-            run.connection,
-            run.kind,
-            run.read,
-            run.sent,
-            run.skipped,
-            run.batches,
-            run.refused,
-            run.watermark,
-            run.error.as_deref().map(|e| format!("; stopped: {e}")).unwrap_or_default()
-        ));
+        let stopped = run.error.as_deref().map(|e| format!("; stopped: {e}")).unwrap_or_default();
+        logs.push(format!("sync {run}{stopped}"));
     }
     for refreshed in crate::connections::refresh_due(&intake).await {
         logs.push(format!(

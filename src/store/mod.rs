@@ -100,6 +100,27 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Insert, or replace whatever is there: for values whose last writer wins (a cache, the local rows). A
+/// concurrent writer of the same key is retried against a few times.
+pub async fn upsert(store: &dyn Store, table: Table, key: &str, value: &Value) -> Result<(), StoreError> {
+    let mut current = match store.insert(table, key, value).await? {
+        Insert::Inserted { .. } => return Ok(()),
+        Insert::Conflict(entry) => entry,
+    };
+    for _ in 0..5 {
+        match store.replace(table, key, value, &current.etag).await? {
+            Swap::Replaced { .. } => return Ok(()),
+            Swap::Stale(Some(now)) => current = now,
+            Swap::Stale(None) => {
+                if let Insert::Inserted { .. } = store.insert(table, key, value).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(StoreError::Unavailable(format!("{key} kept changing while it was written")))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Entry>, StoreError>;

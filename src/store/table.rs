@@ -294,29 +294,26 @@ impl Store for TableStore {
     }
 
     async fn insert(&self, table: Table, key: &str, value: &Value) -> Result<Insert, StoreError> {
-        let name = self.table_name(table);
-        check_key(name, key)?;
-        let body = encode(name, key, value)?;
-        let what = format!("inserting {name}/{}", shown(key));
         for _ in 0..INSERT_ATTEMPTS {
-            let reply = self.send(&what, Method::POST, name, None, Some(body.clone()), None).await?;
-            match reply.status.as_u16() {
-                201 | 204 => return Ok(Insert::Inserted { etag: reply.required_etag(name, key)? }),
-                409 if reply.error_code().as_deref() == Some("EntityAlreadyExists") => {
+            match self.claim(table, key, value).await? {
+                Some(etag) => return Ok(Insert::Inserted { etag }),
+                None => {
                     if let Some(current) = self.read(table, key).await? {
                         return Ok(Insert::Conflict(current));
                     }
                     // Deleted between the two requests: the key is free again, so the insert may succeed.
                 }
-                _ => return Err(self.failed(&what, &reply)),
             }
         }
         Err(StoreError::Unavailable(format!(
-            "{what}: the entity was deleted and written again {INSERT_ATTEMPTS} times while itsmc tried to \
-             insert or read it; something else is writing this table"
+            "inserting {}/{}: the entity was deleted and written again {INSERT_ATTEMPTS} times while itsmc tried \
+             to insert or read it; something else is writing this table",
+            self.table_name(table),
+            shown(key)
         )))
     }
 
+    /// Insert Entity: 201 (or 204), or 409 `EntityAlreadyExists`, which carries no entity.
     async fn claim(&self, table: Table, key: &str, value: &Value) -> Result<Option<String>, StoreError> {
         let name = self.table_name(table);
         check_key(name, key)?;

@@ -126,10 +126,7 @@ impl Syncer {
             connection: &run.connection,
             operation: &format!("sync {}", run.kind),
             success: run.error.is_none(),
-            message: format!(
-                "sync of {}: {} read, {} sent, {} already sent, {} batches refused; watermark {}",
-                run.kind, run.read, run.sent, run.skipped, run.refused, run.watermark
-            ),
+            message: format!("sync {run}"),
             error: run.error.clone(),
             error_code: match (&run.error, run.setup_error) {
                 (None, _) => None,

@@ -53,6 +53,25 @@ pub struct KindReport {
     pub duration_ms: u64,
 }
 
+/// One line for logs and the command line: `prod Incident: 40 read, 40 sent, ...`.
+impl std::fmt::Display for KindReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {} read, {} sent, {} skipped, {} batches, {} refused, watermark {}, {} ms",
+            self.connection,
+            self.kind,
+            self.read,
+            self.sent,
+            self.skipped,
+            self.batches,
+            self.refused,
+            self.watermark,
+            self.duration_ms
+        )
+    }
+}
+
 /// What the reader hands to the sender.
 enum Read {
     Page(Vec<Change>),
@@ -93,19 +112,18 @@ impl Job<'_> {
     async fn sync(&self, report: &mut KindReport) -> Result<(), Stop> {
         let key = watermark::key(self.connection, self.kind);
         let now = chrono::Utc::now();
-        let scope_start = kinds::format_time(now - chrono::Duration::days(i64::from(self.settings.days)));
         let (mut mark, mut etag) = match (self.since_days, watermark::load(self.store, &key).await?) {
             (None, Some((mark, etag))) => (mark, Some(etag)),
-            (Some(days), stored) => {
+            // A first sync, or `--since`: from the start of the scope, keeping the count of rows sent.
+            (since, stored) => {
+                let days = since.unwrap_or(self.settings.days);
                 let start = kinds::format_time(now - chrono::Duration::days(i64::from(days)));
                 let sent = stored.as_ref().map_or(0, |(mark, _)| mark.sent);
                 (Watermark { sent, ..Watermark::starting_at(start) }, stored.map(|(_, etag)| etag))
             }
-            (None, None) => (Watermark::starting_at(scope_start), None),
         };
         report.watermark = mark.updated.clone();
-        let overlap = chrono::Duration::from_std(self.settings.overlap).unwrap_or_default();
-        let start = kinds::parse_time(&mark.updated).map_or(mark.updated.clone(), |t| kinds::format_time(t - overlap));
+        let start = self.overlap_before(&mark.updated).unwrap_or_else(|| mark.updated.clone());
 
         let (pages, mut received) = mpsc::channel(2);
         let reader = tokio::spawn(read_pages(
@@ -172,8 +190,8 @@ impl Job<'_> {
                 if let Err(stop) = self.finish(upload, &key, &mut mark, &mut etag, &mut batcher, report).await {
                     outcome = Err(stop);
                 }
-            } else if let Ok((_, Ok(()))) = upload.task.await {
-                report.sent += upload.rows as u64;
+            } else if let Ok((batch, Ok(()))) = upload.task.await {
+                report.sent += batch.rows as u64;
                 mark.remember(upload.gathered);
             }
         }
@@ -193,12 +211,11 @@ impl Job<'_> {
     /// Starts sending a batch in its own task, so the next one is read and built meanwhile.
     fn upload(&self, batch: Batch, updated: String, id: String, gathered: Vec<(String, u64)>) -> Upload {
         let (sink, retry, deadline) = (Arc::clone(&self.sink), self.retry.clone(), self.deadline);
-        let rows = batch.rows;
         let task = tokio::spawn(async move {
             let sent = send(&sink, &batch, &retry, deadline).await;
             (batch, sent)
         });
-        Upload { task, rows, updated, id, gathered }
+        Upload { task, updated, id, gathered }
     }
 
     /// Waits for an upload, then moves the watermark to its last row. A refused batch is kept and passed.
@@ -229,13 +246,19 @@ impl Job<'_> {
         }
         batcher.recycle(batch.json);
         report.batches += 1;
-        let overlap = chrono::Duration::from_std(self.settings.overlap).unwrap_or_default();
-        let keep_from = kinds::parse_time(&upload.updated).map_or(String::new(), |t| kinds::format_time(t - overlap));
+        let keep_from = self.overlap_before(&upload.updated).unwrap_or_default();
         mark.advance(&upload.updated, &upload.id, upload.gathered, &keep_from);
         *etag = Some(self.save(key, mark, etag.as_deref()).await?);
         report.watermark = mark.updated.clone();
         (self.progress)(report);
         Ok(())
+    }
+
+    /// The time `overlap` before `time`, where a run starts reading and the watermark's memory of what it
+    /// sent begins.
+    fn overlap_before(&self, time: &str) -> Option<String> {
+        let overlap = chrono::Duration::from_std(self.settings.overlap).unwrap_or_default();
+        kinds::parse_time(time).map(|t| kinds::format_time(t - overlap))
     }
 
     async fn save(&self, key: &str, mark: &Watermark, etag: Option<&str>) -> Result<String, Stop> {
@@ -244,10 +267,7 @@ impl Job<'_> {
 
     async fn keep_refused(&self, batch: &Batch, reason: &str) -> Result<(), Stop> {
         use base64::Engine as _;
-        use std::io::Write as _;
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gzip.write_all(batch.json.as_bytes()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let packed = gzip.finish().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let packed = crate::ingest::gzip(batch.json.as_bytes());
         let value = serde_json::json!({
             "state": "refused",
             "connection": self.connection,
@@ -270,7 +290,6 @@ const UPLOADS_IN_FLIGHT: usize = 2;
 /// A batch on its way, and where the watermark goes when it arrives.
 struct Upload {
     task: tokio::task::JoinHandle<(Batch, Result<(), IngestError>)>,
-    rows: usize,
     updated: String,
     id: String,
     gathered: Vec<(String, u64)>,
