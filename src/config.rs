@@ -206,6 +206,9 @@ pub struct Config {
     pub logs: Option<crate::ingest::client::IngestionSettings>,
     /// The first connection is the default one (`/api/alert` without `?connection=`).
     pub connections: Vec<Arc<Connection>>,
+    /// `ITSMC_API_KEY`: every route but the readiness probe `/` wants it, as `?code=` or `x-functions-key`.
+    /// For hosts that check no key of their own (a Lambda Function URL); the Functions host checks its keys.
+    pub api_key: Option<Secret>,
 }
 
 /// function-sync's settings (`ITSMC_SYNC_*`).
@@ -266,7 +269,14 @@ impl Config {
         let entra = crate::server::entra::EntraSettings::from_lookup(&lookup)?;
         let sync = sync_settings(&lookup)?;
         let logs = ingestion_settings(&lookup)?;
+        let api_key = match lookup("ITSMC_API_KEY") {
+            Some(key) if key.trim().len() < 16 => {
+                return Err(invalid("ITSMC_API_KEY", "use at least 16 characters (e.g. `openssl rand -hex 24`)"));
+            }
+            key => key.map(Secret),
+        };
         Ok(Config {
+            api_key,
             sync,
             logs,
             state,

@@ -2,7 +2,7 @@
 //!
 //! The alert path reads top to bottom: [`alert`] parses a payload, [`workitem`] decides what to do,
 //! [`store`] claims it, [`itsm`] calls the product, [`intake`] ties those together. [`server`] exposes it
-//! over HTTP for the Azure Functions host, Lambda and local use.
+//! over HTTP for the Azure Functions host and local use; [`lambda`] puts the same router behind AWS Lambda.
 
 pub mod alert;
 pub mod config;
@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod intake;
 pub mod itsm;
+pub mod lambda;
 pub mod logging;
 pub mod outbox;
 pub mod package;
@@ -18,6 +19,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod timer;
 pub mod workitem;
 
 use std::sync::Arc;

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "itsmc", version, about = "Azure Monitor alerts to ITSM work items")]
 struct Cli {
+    /// What to do; none at all inside AWS Lambda (`AWS_LAMBDA_RUNTIME_API` set) means `lambda`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
     },
+    /// Answer AWS Lambda invocations (Function URL, API Gateway HTTP API, EventBridge schedule).
+    Lambda,
     /// Test a connection, or refresh its choice lists and templates from the ITSM tool.
     Connections {
         #[command(subcommand)]
@@ -57,6 +60,16 @@ enum ConnectionAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Some(command) => command,
+        // Lambda starts the bootstrap with no arguments.
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
     itsmc::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -66,11 +79,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Serve { port } => serve(port).await,
             Command::Sync { connection, since } => sync(connection, since).await,
             Command::Connections { action } => connections(action).await,
             Command::Package { out, binary } => package(&out, binary),
+            Command::Lambda => itsmc::lambda::run(itsmc::config::Config::from_env().map_err(|e| e.to_string())).await,
         }
     });
     match result {
@@ -101,7 +115,7 @@ async fn serve(port: Option<u16>) -> Result<(), String> {
     let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
     // Under the Functions host its timer trigger calls /function-sync; on its own, the server keeps time.
     let schedule = (!under_functions_host).then(|| tokio::spawn(scheduled_syncs(Arc::clone(&app.syncer))));
-    let log_flusher = tokio::spawn(flush_log_every(Arc::clone(&app.syncer), std::time::Duration::from_secs(5)));
+    let log_flusher = tokio::spawn(itsmc::sync::flush_log_every(Arc::clone(&app.syncer)));
     let served = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal()).await;
     worker.abort();
     log_flusher.abort();
@@ -193,16 +207,6 @@ async fn connections(action: ConnectionAction) -> Result<(), String> {
     }
 }
 
-/// The connector log leaves every few seconds, not with each alert: one ingestion call per alert would
-/// add its latency to the alert path.
-async fn flush_log_every(syncer: Arc<itsmc::sync::Syncer>, period: std::time::Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        syncer.flush_log().await;
-    }
-}
-
-/// The sync on `ITSMC_SYNC_SCHEDULE`, for a server that no Functions host drives.
 async fn scheduled_syncs(syncer: Arc<itsmc::sync::Syncer>) {
     loop {
         let now = chrono::Utc::now();

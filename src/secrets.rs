@@ -26,7 +26,8 @@ use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions}
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_identity::{
-    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use azure_security_keyvault_secrets::models::SetSecretParameters;
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
@@ -437,6 +438,8 @@ impl std::error::Error for SecretError {}
 
 /// The identity itsmc authenticates to Key Vault with:
 ///
+/// - `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET` all set: that app registration's client
+///   secret (outside Azure, e.g. on AWS Lambda; Entra's host from `AZURE_AUTHORITY_HOST` for national clouds).
 /// - `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set (App Service, Functions, Container Apps): that
 ///   managed identity; the user-assigned one with `user_assigned_client_id` when given (the caller reads
 ///   it from [`MANAGED_IDENTITY_CLIENT_ID_SETTING`]), else the system-assigned one.
@@ -461,6 +464,9 @@ pub fn credential(
         };
         ManagedIdentityCredential::new(Some(options))
     };
+    if let Some(made) = client_secret_credential(&http)? {
+        return Ok(made);
+    }
     let (inner, source, header): (Arc<dyn TokenCredential>, Source, Option<Secret>) = match (endpoint, header) {
         (Some(endpoint), Some(header)) => {
             let inner = managed(client_options(http)).map_err(|e| SecretError::IdentityConfig {
@@ -500,7 +506,38 @@ pub fn credential(
             }
         },
     };
-    Ok(Arc::new(ExplainedCredential { inner, source, header }))
+    Ok(Arc::new(ExplainedCredential { inner, source, scrub: header }))
+}
+
+/// The app registration named by `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET`, when all three
+/// are set; an error when only some are, since a half-configured credential is a typo, not a choice.
+fn client_secret_credential(http: &reqwest::Client) -> Result<Option<Arc<dyn TokenCredential>>, SecretError> {
+    let names = ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"];
+    let values: Vec<Option<String>> = names.iter().map(|name| non_empty_env(name)).collect();
+    let [Some(tenant), Some(client_id), Some(secret)] = values.as_slice() else {
+        let set: Vec<&str> = names.iter().zip(&values).filter(|(_, v)| v.is_some()).map(|(n, _)| *n).collect();
+        if set.is_empty() || set == ["AZURE_CLIENT_ID"] {
+            // AZURE_CLIENT_ID alone is how some tools name a user-assigned identity: not ours to judge.
+            return Ok(None);
+        }
+        return Err(SecretError::IdentityConfig {
+            message: format!(
+                "{} set, but a client secret credential needs all of AZURE_TENANT_ID, AZURE_CLIENT_ID and \
+                 AZURE_CLIENT_SECRET",
+                set.join(" and ")
+            ),
+        });
+    };
+    let options = ClientSecretCredentialOptions { client_options: client_options(http.clone()) };
+    let inner =
+        ClientSecretCredential::new(tenant, client_id.clone(), secret.clone().into(), Some(options)).map_err(|e| {
+            SecretError::IdentityConfig {
+                message: format!("AZURE_TENANT_ID/AZURE_CLIENT_ID cannot be used ({})", error_text(&e)),
+            }
+        })?;
+    tracing::info!(tenant, client_id, "Azure credentials: an app registration's client secret");
+    let source = Source::ClientSecret { tenant: tenant.clone(), client_id: client_id.clone() };
+    Ok(Some(Arc::new(ExplainedCredential { inner, source, scrub: Some(Secret::new(secret.clone())) })))
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
@@ -527,6 +564,7 @@ fn client_options(http: reqwest::Client) -> ClientOptions {
 enum Source {
     AppService { endpoint: String, client_id: Option<String> },
     Imds { client_id: String },
+    ClientSecret { tenant: String, client_id: String },
     DeveloperTools,
 }
 
@@ -535,8 +573,8 @@ enum Source {
 struct ExplainedCredential {
     inner: Arc<dyn TokenCredential>,
     source: Source,
-    /// `IDENTITY_HEADER`, only to scrub it from error text should an endpoint ever echo it.
-    header: Option<Secret>,
+    /// `IDENTITY_HEADER` or `AZURE_CLIENT_SECRET`, only to scrub it from error text should an endpoint ever echo it.
+    scrub: Option<Secret>,
 }
 
 impl fmt::Debug for ExplainedCredential {
@@ -567,10 +605,10 @@ impl ExplainedCredential {
             None if is_connection_failure(error) => transport_text(error),
             None => error_text(error),
         };
-        if let Some(header) = &self.header
-            && !header.expose().is_empty()
+        if let Some(scrub) = &self.scrub
+            && !scrub.expose().is_empty()
         {
-            detail = detail.replace(header.expose(), "***");
+            detail = detail.replace(scrub.expose(), "***");
         }
         match &self.source {
             Source::AppService { endpoint, client_id } => {
@@ -595,6 +633,13 @@ impl ExplainedCredential {
                     _ => SecretError::Identity { source: endpoint, detail },
                 }
             }
+            Source::ClientSecret { tenant, client_id } => SecretError::Identity {
+                source: format!(
+                    "Entra (tenant {tenant}, app {client_id}, with AZURE_CLIENT_SECRET; check the secret has not \
+                     expired)"
+                ),
+                detail,
+            },
             Source::DeveloperTools => SecretError::DeveloperCredential { detail },
         }
     }

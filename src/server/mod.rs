@@ -52,20 +52,51 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
     if let Some(validator) = entra {
         alert = alert.route_layer(axum::middleware::from_fn_with_state(validator, entra::require_token));
     }
-    Router::new()
-        .route("/", get(health))
+    let mut routes = Router::new()
         .route("/api/health", get(health))
         .route("/api/alert", alert)
         .route("/function-sync", post(functions::timer))
         .route("/api/workitems", get(workitems))
         .route("/api/servicedesk", get(servicedesk))
         .route("/api/connections/{name}/test", post(test_connection))
-        .route("/api/connections/{name}/refresh", post(refresh_connection))
+        .route("/api/connections/{name}/refresh", post(refresh_connection));
+    if let Some(key) = intake.config.api_key.clone() {
+        routes = routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(key), require_api_key));
+    }
+    routes
+        .route("/", get(health))
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(Shared { intake, syncer })
+}
+
+/// `ITSMC_API_KEY`, given the way the Functions host takes its keys: `?code=` or the `x-functions-key` header.
+async fn require_api_key(
+    axum::extract::State(key): axum::extract::State<Arc<crate::config::Secret>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use sha2::{Digest, Sha256};
+    let from_query = request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "code").map(|(_, value)| value)
+    });
+    let given = from_query
+        .map(|value| value.into_owned())
+        .or_else(|| request.headers().get("x-functions-key").and_then(|value| value.to_str().ok()).map(str::to_owned));
+    // Comparing digests, not the keys, gives a timing attacker nothing about the key.
+    let matches =
+        given.is_some_and(|given| Sha256::digest(given.as_bytes()) == Sha256::digest(key.expose().as_bytes()));
+    if matches {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs the key set in ITSMC_API_KEY, as ?code= or the x-functions-key header",
+        )
+    }
 }
 
 async fn health(

@@ -112,6 +112,7 @@ impl Syncer {
     }
 
     /// Sends the connector log's buffered rows; a failure keeps them for the next flush.
+    /// [`flush_log_every`] calls it on a clock.
     pub async fn flush_log(&self) {
         if self.intake.log.is_empty() {
             return;
@@ -163,5 +164,14 @@ impl Syncer {
             store.replace(Table::Sync, LEASE_KEY, &free, &held.etag).await?;
         }
         Ok(())
+    }
+}
+
+/// The connector log leaves every few seconds, not with each alert: one ingestion call per alert would
+/// add its latency to the alert path.
+pub async fn flush_log_every(syncer: Arc<Syncer>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        syncer.flush_log().await;
     }
 }

@@ -12,6 +12,8 @@ pub mod identity;
 #[allow(dead_code)]
 pub mod keyvault;
 #[allow(dead_code)]
+pub mod lambda_runtime;
+#[allow(dead_code)]
 pub mod serve;
 #[allow(dead_code)]
 pub mod tls;
