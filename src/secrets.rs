@@ -425,7 +425,7 @@ impl fmt::Display for SecretError {
                 "no developer sign-in could get a Key Vault token ({detail}): run `az login` (or `azd auth \
                  login`), or run itsmc where a managed identity is available"
             ),
-            SecretError::Identity { source, detail } => write!(f, "{source} could not get a Key Vault token: {detail}"),
+            SecretError::Identity { source, detail } => write!(f, "{source} could not get an Entra token: {detail}"),
         }
     }
 }
@@ -510,34 +510,54 @@ pub fn credential(
 }
 
 /// The app registration named by `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET`, when all three
-/// are set; an error when only some are, since a half-configured credential is a typo, not a choice.
+/// are set. A secret without its tenant or app is a mistake and an error; a tenant and client id without a
+/// secret are how workload identity and other SDKs are configured, so they are left alone.
 fn client_secret_credential(http: &reqwest::Client) -> Result<Option<Arc<dyn TokenCredential>>, SecretError> {
-    let names = ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"];
-    let values: Vec<Option<String>> = names.iter().map(|name| non_empty_env(name)).collect();
-    let [Some(tenant), Some(client_id), Some(secret)] = values.as_slice() else {
-        let set: Vec<&str> = names.iter().zip(&values).filter(|(_, v)| v.is_some()).map(|(n, _)| *n).collect();
-        if set.is_empty() || set == ["AZURE_CLIENT_ID"] {
-            // AZURE_CLIENT_ID alone is how some tools name a user-assigned identity: not ours to judge.
-            return Ok(None);
+    // A secret pasted from a file or a prompt often keeps its line end; Entra would refuse it as wrong.
+    let Some(secret) = non_empty_env("AZURE_CLIENT_SECRET").map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+    else {
+        return Ok(None);
+    };
+    let (tenant, client_id) = match (non_empty_env("AZURE_TENANT_ID"), non_empty_env("AZURE_CLIENT_ID")) {
+        (Some(tenant), Some(client_id)) => (tenant, client_id),
+        (tenant, _) => {
+            let missing = if tenant.is_none() { "AZURE_TENANT_ID" } else { "AZURE_CLIENT_ID" };
+            return Err(SecretError::IdentityConfig {
+                message: format!(
+                    "AZURE_CLIENT_SECRET is set but {missing} is not: a client secret credential needs \
+                     AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"
+                ),
+            });
         }
-        return Err(SecretError::IdentityConfig {
-            message: format!(
-                "{} set, but a client secret credential needs all of AZURE_TENANT_ID, AZURE_CLIENT_ID and \
-                 AZURE_CLIENT_SECRET",
-                set.join(" and ")
-            ),
-        });
     };
     let options = ClientSecretCredentialOptions { client_options: client_options(http.clone()) };
     let inner =
-        ClientSecretCredential::new(tenant, client_id.clone(), secret.clone().into(), Some(options)).map_err(|e| {
+        ClientSecretCredential::new(&tenant, client_id.clone(), secret.clone().into(), Some(options)).map_err(|e| {
             SecretError::IdentityConfig {
-                message: format!("AZURE_TENANT_ID/AZURE_CLIENT_ID cannot be used ({})", error_text(&e)),
+                message: format!(
+                    "AZURE_TENANT_ID, AZURE_CLIENT_ID or AZURE_AUTHORITY_HOST cannot be used ({})",
+                    error_text(&e)
+                ),
             }
         })?;
+    if let Some(ignored) = non_empty_env(MANAGED_IDENTITY_CLIENT_ID_SETTING) {
+        tracing::warn!(ignored, "{MANAGED_IDENTITY_CLIENT_ID_SETTING} is not used: AZURE_CLIENT_SECRET is set");
+    }
     tracing::info!(tenant, client_id, "Azure credentials: an app registration's client secret");
-    let source = Source::ClientSecret { tenant: tenant.clone(), client_id: client_id.clone() };
-    Ok(Some(Arc::new(ExplainedCredential { inner, source, scrub: Some(Secret::new(secret.clone())) })))
+    let source = Source::ClientSecret { tenant, client_id };
+    Ok(Some(Arc::new(ExplainedCredential { inner, source, scrub: Some(Secret::new(secret)) })))
+}
+
+/// azure_identity 1.0 cannot parse Entra's error body (its `error_description` has escapes), so Entra's
+/// reason arrives quoted inside a parse error: take the `AADSTSnnnn: ...` sentence back out.
+fn entra_reason(text: &str) -> Option<String> {
+    let reason = &text[text.find("AADSTS")?..];
+    let end = ["\\r\\n", "\"", " Trace ID:", " To troubleshoot"]
+        .iter()
+        .filter_map(|stop| reason.find(stop))
+        .min()
+        .unwrap_or(reason.len());
+    Some(reason[..end].trim_end().to_string())
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
@@ -638,7 +658,7 @@ impl ExplainedCredential {
                     "Entra (tenant {tenant}, app {client_id}, with AZURE_CLIENT_SECRET; check the secret has not \
                      expired)"
                 ),
-                detail,
+                detail: entra_reason(&detail).unwrap_or(detail),
             },
             Source::DeveloperTools => SecretError::DeveloperCredential { detail },
         }

@@ -142,7 +142,9 @@ impl TokenRegistry {
         lock(&self.0).keys().cloned().collect()
     }
 
-    fn insert(&self, token: String, issued: IssuedToken) {
+    /// Record a token issued for `issued.resource`; the Entra emulator's token endpoint (`entra.rs`) issues
+    /// into the same registry, so resource servers accept app tokens as they accept managed identity ones.
+    pub fn insert(&self, token: String, issued: IssuedToken) {
         lock(&self.0).insert(token, issued);
     }
 
