@@ -195,6 +195,10 @@ pub struct Config {
     pub http: HttpSettings,
     /// How long the alert route waits for the ITSM tool before it answers 202 and leaves the work to the outbox.
     pub alert_budget: Duration,
+    /// Whether a delivery still running when the alert route answers 202 goes on in the background. Not a
+    /// setting: true where the process keeps running, false on Lambda, which freezes it after the answer (the
+    /// run would resume minutes later, after its lease, beside the outbox's retry).
+    pub finish_after_answer: bool,
     pub outbox: OutboxSettings,
     /// Key Vault for connection secrets the settings leave out; `None`: every secret is in the settings.
     pub key_vault: Option<KeyVaultSettings>,
@@ -284,6 +288,7 @@ impl Config {
             entra,
             http,
             alert_budget,
+            finish_after_answer: true,
             outbox,
             connections: connections.into_iter().map(Arc::new).collect(),
         })

@@ -295,12 +295,20 @@ impl Intake {
             Err(e) => return Err(IntakeError::Unavailable(format!("the alert could not be recorded: {e}"))),
         };
         let this = Arc::clone(self);
-        let task = tokio::spawn(async move { this.run(delivery, etag, record, alert, resolved, claimed_link).await });
-        match tokio::time::timeout(self.config.alert_budget, task).await {
+        let mut task =
+            tokio::spawn(async move { this.run(delivery, etag, record, alert, resolved, claimed_link).await });
+        match tokio::time::timeout(self.config.alert_budget, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(IntakeError::Unavailable(format!("processing failed: {join}"))),
-            // Still working: the task records its outcome, and the outbox retries it if it fails.
-            Err(_) => Ok(Outcome { action: Action::Queued, work_items: Vec::new() }),
+            // Still working: the task records its outcome, and the outbox retries it if it fails. Where it
+            // cannot go on, the delivery stays pending under its lease and the outbox runs it after; a create
+            // cut short is found by its key then.
+            Err(_) => {
+                if !self.config.finish_after_answer {
+                    task.abort();
+                }
+                Ok(Outcome { action: Action::Queued, work_items: Vec::new() })
+            }
         }
     }
 

@@ -4,8 +4,9 @@
 //! sets `AWS_LAMBDA_RUNTIME_API`) runs it.
 //!
 //! Lambda keeps no disk between instances and freezes an instance between invocations, so state must be
-//! in Table Storage ([`check_state`]), and there is no outbox worker between invocations: deliveries the
-//! alert route left pending are retried by the next schedule.
+//! in Table Storage ([`check_state`]), nothing may run after an answer (a delivery the alert route could not
+//! finish within its budget is left to the outbox, whose retries run with the next schedule), and the
+//! connector log is sent before each answer.
 
 use std::sync::Arc;
 
@@ -80,7 +81,8 @@ pub async fn run(config: Result<Config, String>) -> Result<(), String> {
 }
 
 async fn start(config: Result<Config, String>) -> Result<App, String> {
-    let config = config?;
+    let mut config = config?;
+    config.finish_after_answer = false;
     check_state(&config)?;
     for name in ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION"] {
         if std::env::var(name).is_err() {
@@ -126,6 +128,8 @@ impl Function {
             Invocation::Http(request) => {
                 let mut adapter = Adapter::from(self.router.clone());
                 let response = adapter.call(LambdaEvent::new(*request, context)).await?;
+                // Frozen after the answer and perhaps never thawed: the connector log's rows go now.
+                self.app.syncer.flush_log().await;
                 serde_json::value::to_raw_value(&response)?
             }
             Invocation::Schedule { time } => {
@@ -147,7 +151,8 @@ impl Function {
 async fn report_init_error(runtime_api: &str, message: &str) {
     let url = format!("http://{runtime_api}/2018-06-01/runtime/init/error");
     let body = serde_json::json!({ "errorMessage": message, "errorType": "Runtime.ItsmcConfiguration" });
-    let sent = reqwest::Client::new()
+    let Ok(client) = crate::http::build_client(&crate::http::HttpSettings::default()) else { return };
+    let sent = client
         .post(&url)
         .header("Lambda-Runtime-Function-Error-Type", "Runtime.ItsmcConfiguration")
         .json(&body)

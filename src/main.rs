@@ -107,14 +107,21 @@ async fn serve(port: Option<u16>) -> Result<(), String> {
         }
         (None, None) => 7071,
     };
-    let app = itsmc::App::start(itsmc::config::Config::from_env().map_err(|e| e.to_string())?).await?;
+    let config = itsmc::config::Config::from_env().map_err(|e| e.to_string())?;
+    if under_functions_host && config.api_key.is_some() {
+        return Err("ITSMC_API_KEY: remove it under the Functions host, whose function keys guard the routes and \
+                    whose timer calls /function-sync without a key"
+            .into());
+    }
+    let app = itsmc::App::start(config).await?;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let listener =
         tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     tracing::info!(%address, store = %app.intake.store.describe(), "itsmc ready");
     let worker = tokio::spawn(itsmc::outbox::run_worker(Arc::clone(&app.intake)));
     // Under the Functions host its timer trigger calls /function-sync; on its own, the server keeps time.
-    let schedule = (!under_functions_host).then(|| tokio::spawn(scheduled_syncs(Arc::clone(&app.syncer))));
+    let schedule = (!under_functions_host)
+        .then(|| tokio::spawn(scheduled_ticks(Arc::clone(&app.intake), Arc::clone(&app.syncer))));
     let log_flusher = tokio::spawn(itsmc::sync::flush_log_every(Arc::clone(&app.syncer)));
     let served = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal()).await;
     worker.abort();
@@ -207,16 +214,18 @@ async fn connections(action: ConnectionAction) -> Result<(), String> {
     }
 }
 
-async fn scheduled_syncs(syncer: Arc<itsmc::sync::Syncer>) {
+/// On its own (no Functions host), the server keeps time: the timer's tick on `ITSMC_SYNC_SCHEDULE`.
+async fn scheduled_ticks(intake: Arc<itsmc::intake::Intake>, syncer: Arc<itsmc::sync::Syncer>) {
     loop {
         let now = chrono::Utc::now();
-        let Some(next) = syncer.intake.config.sync.schedule.next_after(now) else {
-            tracing::warn!("ITSMC_SYNC_SCHEDULE names no time in the next five years; the local sync does not run");
+        let Some(next) = intake.config.sync.schedule.next_after(now) else {
+            tracing::warn!("ITSMC_SYNC_SCHEDULE names no time in the next five years; the local timer does not run");
             return;
         };
         tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
-        if let Err(e) = syncer.run(&itsmc::sync::Request::default(), &|_| {}).await {
-            tracing::warn!(error = %e, "the scheduled sync failed");
+        match itsmc::timer::tick(&intake, &syncer).await {
+            Ok(tick) => tick.logs.iter().for_each(|line| tracing::info!("{line}")),
+            Err(e) => tracing::warn!(error = %e, "the scheduled tick failed"),
         }
     }
 }

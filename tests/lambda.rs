@@ -279,8 +279,34 @@ async fn the_api_key_guards_every_route_but_readiness() {
     let mut by_header = function_url_event("GET", "/api/workitems", "");
     by_header["headers"]["x-functions-key"] = json!(API_KEY);
     assert_eq!(http_answer(runtime.invoke(&by_header, WAIT).await).0, 200);
-    let (status, _) = http_answer(runtime.invoke(&function_url_event("GET", "/", ""), WAIT).await);
-    assert_eq!(status, 200, "the readiness probe needs no key");
+    let (status, ready) = http_answer(runtime.invoke(&function_url_event("GET", "/", ""), WAIT).await);
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "the readiness probe needs no key");
+    assert!(ready.get("connections").is_none(), "without the key, readiness tells nothing more: {ready}");
+}
+
+#[tokio::test]
+async fn a_delivery_past_its_budget_is_left_to_the_outbox_not_finished_frozen() {
+    let runtime = LambdaRuntime::start();
+    let sn = emulator();
+    let settings = settings(&sn, &[("ITSMC_ALERT_BUDGET_MS", "300"), ("ITSMC_OUTBOX_LEASE_SECS", "4")]);
+    let _function = bootstrap(&runtime, &settings);
+    sn.set_latency(Duration::from_millis(600));
+    let alert = function_url_event("POST", "/api/alert", &metric_alert("slow-1", "Fired"));
+    let (status, answer) = http_answer(runtime.invoke(&alert, WAIT).await);
+    assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
+    // Left running, the delivery would have looked up and created its incident within 1.3 s; on Lambda it
+    // stopped with the answer (the instance is frozen then), and waits for its lease (4 s) to end.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(sn.records("incident").len(), 0, "nothing ran after the answer");
+    sn.set_latency(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+
+    let schedule: Value = serde_json::from_str(&fixture("aws/eventbridge-scheduled-event.json")).unwrap();
+    let Outcome::Response(tick) = runtime.invoke(&schedule, WAIT).await else { panic!("the schedule failed") };
+    assert_eq!(tick["outbox"]["succeeded"], 1, "{tick}");
+    assert_eq!(sn.records("incident").len(), 1, "one incident, made by the outbox");
+    let (_, again) = http_answer(runtime.invoke(&alert, WAIT).await);
+    assert_eq!(again["action"], "duplicate", "{again}");
 }
 
 #[tokio::test]

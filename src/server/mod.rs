@@ -1,5 +1,5 @@
 //! The HTTP face of itsmc: one axum router for the Azure Functions host (custom handler with request
-//! forwarding), local use and, later, AWS Lambda.
+//! forwarding), local use and AWS Lambda (`crate::lambda`).
 //!
 //! Routes: `GET /` and `GET /api/health` (readiness), `POST /api/alert` (function-alert),
 //! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`,
@@ -60,11 +60,17 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
         .route("/api/servicedesk", get(servicedesk))
         .route("/api/connections/{name}/test", post(test_connection))
         .route("/api/connections/{name}/refresh", post(refresh_connection));
-    if let Some(key) = intake.config.api_key.clone() {
-        routes = routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(key), require_api_key));
-    }
+    // The readiness probe stays open; behind a key, it says only that itsmc is ready, since the health
+    // document names endpoints, connections and their problems, and reads the store.
+    let readiness = match intake.config.api_key.clone() {
+        Some(key) => {
+            routes = routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(key), require_api_key));
+            get(|| async { axum::Json(json!({ "status": "ready", "version": env!("CARGO_PKG_VERSION") })) })
+        }
+        None => get(health),
+    };
     routes
-        .route("/", get(health))
+        .route("/", readiness)
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
