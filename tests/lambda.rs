@@ -13,9 +13,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
+use support::entra::{self, EntraEmulator};
 use support::harness::{eventually, fixture, free_port};
+use support::identity::TokenRegistry;
 use support::lambda_runtime::{LambdaRuntime, Outcome};
+use support::logs_ingestion::LogsIngestionEmulator;
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
+use support::tls::TestCa;
 
 const USER: &str = "itsmc.integration";
 const PASSWORD: &str = "Pa55-w0rd-never-logged";
@@ -346,4 +350,50 @@ async fn the_embedded_store_is_refused_at_init_with_the_fix() {
     let message = error["errorMessage"].as_str().unwrap();
     assert!(message.contains("Table Storage") && message.contains("AzureWebJobsStorage__accountName"), "{message}");
     assert_eq!(runtime.next_calls(), 0, "no invocation is taken before the function can work");
+}
+
+#[tokio::test]
+async fn on_aws_the_sync_and_the_connector_log_reach_logs_ingestion_with_a_client_secret() {
+    // As on AWS: no managed identity; an Entra app registration's secret gets the Logs Ingestion tokens.
+    let ca = TestCa::new();
+    let tokens = TokenRegistry::default();
+    let entra = EntraEmulator::start_tls(&ca, tokens.clone());
+    let (app_id, app_secret) = ("5b0e9a3c-1d2f-4e6a-8b7c-9d0e1f2a3b4c", "Qx8~itsmc-lambda-secret-never-logged");
+    entra.register_app(app_id, app_secret);
+    let logs = LogsIngestionEmulator::start(&ca, tokens);
+    let runtime = LambdaRuntime::start();
+    let sn = emulator();
+    let now = chrono::Utc::now();
+    sn.seed_incidents(40, now - chrono::Duration::days(2), now - chrono::Duration::hours(1));
+    let ca_file = ca.ca_file().display().to_string();
+    let (logs_url, dcr, authority) = (logs.url(), logs.dcr_immutable_id(), entra.authority_host());
+    let aws = [
+        ("AZURE_TENANT_ID", entra::TENANT_ID),
+        ("AZURE_CLIENT_ID", app_id),
+        ("AZURE_CLIENT_SECRET", app_secret),
+        ("AZURE_AUTHORITY_HOST", authority.as_str()),
+        ("ITSMC_CA_FILE", ca_file.as_str()),
+        ("ITSMC_LOGS_ENDPOINT", logs_url.as_str()),
+        ("ITSMC_DCR_IMMUTABLE_ID", dcr.as_str()),
+        ("ITSMC_SYNC_KINDS", "Incident"),
+    ];
+    let _function = bootstrap(&runtime, &settings(&sn, &aws));
+
+    let alert = function_url_event("POST", "/api/alert", &metric_alert("aws-1", "Fired"));
+    let (status, answer) = http_answer(runtime.invoke(&alert, WAIT).await);
+    assert_eq!((status, answer["action"].as_str()), (200, Some("created")), "{answer}");
+    let log_rows = logs.rows("Custom-ServiceDeskLog_CL");
+    assert_eq!(log_rows.len(), 1, "the alert's connector log row left before the answer: {log_rows:?}");
+
+    let schedule: Value = serde_json::from_str(&fixture("aws/eventbridge-scheduled-event.json")).unwrap();
+    let Outcome::Response(tick) = runtime.invoke(&schedule, WAIT).await else { panic!("the schedule failed") };
+    let run = &tick["sync"]["runs"][0];
+    assert_eq!(run["error"], Value::Null, "{tick}");
+    assert_eq!(logs.row_count("Custom-ServiceDesk_CL"), 41, "40 seeded incidents and the alert's: {tick}");
+    assert_eq!(logs.row_count("Custom-ServiceDeskLog_CL"), 2, "and the sync run's log row");
+    let requests = entra.token_requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|r| r.client_id.as_deref() == Some(app_id) && r.status == 200),
+        "{requests:?}"
+    );
 }
