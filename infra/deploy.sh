@@ -7,10 +7,8 @@
 # pipe: they never appear on a command line, in output or in a trace (this script never uses `set -x`).
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
-    printf '%s: needs bash 4.4 or later (this is %s)\n' "${0##*/}" "$BASH_VERSION" >&2
-    exit 1
-fi
+# shellcheck source=lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly TARGET=x86_64-unknown-linux-musl
 readonly BINARY=target/$TARGET/dist/itsmc
@@ -18,8 +16,10 @@ readonly PACKAGE=target/itsmc.zip
 readonly TEMPLATE=infra/main.bicep
 # The deployment outputs deploy.sh reads (the contract in infra/main.bicep), in this order.
 readonly OUTPUTS=(functionAppName alertUrl actionGroupId keyVaultName keyVaultUri storageAccountName
-    workspaceResourceId logsIngestionEndpoint dcrImmutableId planKind packageBlobUrl)
-# Role assignments made by the deployment take a while to apply: writes that depend on them are retried.
+    workspaceResourceId logsIngestionEndpoint dcrImmutableId planKind packageBlobUrl connectionName
+    serviceNowConfigured serviceNowUrl serviceNowUsername oauth)
+# Role assignments made by the deployment take a while to apply, and a new app's host a while to start:
+# what depends on them is retried.
 readonly RETRIES=6 RETRY_PAUSE=30
 
 usage() {
@@ -39,7 +39,9 @@ Options:
   --location L            region for a new resource group (default westeurope); the resources go
                           where the group is
   --workspace ID          resource id of an existing Log Analytics workspace (default: create one)
-  --plan KIND             FlexConsumption (default) or Consumption (Linux)
+  --plan KIND             FlexConsumption or Consumption (Linux). Default: FlexConsumption where the
+                          resource group's region offers it (az functionapp
+                          list-flexconsumption-locations), else Consumption
   --servicenow-url URL    ServiceNow instance, e.g. https://example.service-now.com
                           (without it itsmc runs with ITSMC_PRODUCT=dry-run and calls nothing)
   --username U            ServiceNow user (required with --servicenow-url)
@@ -47,116 +49,50 @@ Options:
   --connection NAME       connection name (default "default"); Key Vault secrets are
                           NAME-password and NAME-client-secret
   --parameters FILE       a .bicepparam or JSON parameters file for infra/main.bicep (e.g. the
-                          `settings` tunables); options given on the command line override it
+                          `settings` tunables); options given on the command line override it.
+                          Which secrets are stored follows the deployment: a file that sets
+                          serviceNowUrl (serviceNowClientId) needs ITSMC_PASSWORD (ITSMC_CLIENT_SECRET)
   --deployer-object-id ID Entra object id of whoever runs this (default: looked up from the
                           az login; needed for a managed identity login)
-  --what-if               show what the deployment would change (az deployment group what-if), stop
+  --what-if               show what the deployment would change (az deployment group what-if), stop;
+                          the action group is left out until the function app exists
   --dry-run               print every command (`would run: ...`) and run none
   --yes                   do not ask for confirmation
   -h, --help              this help
 
 Secrets (never on the command line):
-  ITSMC_PASSWORD          the ServiceNow user's password
-  ITSMC_CLIENT_SECRET     the OAuth client secret (with --client-id)
-  Taken from the environment; when unset and this runs in a terminal, asked for without echo.
+  ITSMC_PASSWORD          the ServiceNow user's password (with --servicenow-url, or serviceNowUrl in
+                          the parameters file)
+  ITSMC_CLIENT_SECRET     the OAuth client secret (with --client-id, or serviceNowClientId there)
+  Taken from the environment; when unset and this runs in a terminal, asked for without echo (one
+  that only the parameters file asks for, after the first deployment pass).
 
-Needs: the Azure CLI (az login done), cargo with the x86_64-unknown-linux-musl target
+Permissions of whoever runs this (the deployment assigns roles, to the app's identity and to you):
+  - Owner on the resource group, or Contributor plus User Access Administrator (or Role Based Access
+    Control Administrator) there; to create a missing group, Contributor on the subscription too
+  - with --workspace in another resource group: write access to that workspace's tables, through a
+    deployment in its group (e.g. Log Analytics Contributor on that group)
+
+Needs: the Azure CLI 2.60 or later (az login done), cargo with the x86_64-unknown-linux-musl target
 (rustup target add x86_64-unknown-linux-musl) and musl-gcc (Debian/Ubuntu: apt-get install musl-tools).
 EOF
 }
 
 # ---------------------------------------------------------------------------------------------
-# Output helpers
+# Helpers (the shared ones, `run` among them, are in lib.sh)
 # ---------------------------------------------------------------------------------------------
 
-dry_run=0
 step=''
 
-say() { printf '%s\n' "$*" >&2; }
-warn() { printf 'deploy.sh: warning: %s\n' "$*" >&2; }
-die() { printf 'deploy.sh: %s\n' "$*" >&2; exit 1; }
-usage_error() {
-    printf 'deploy.sh: %s\n' "$*" >&2
-    printf "Run 'infra/deploy.sh --help' for the options.\n" >&2
-    exit 2
-}
-# The results: on stdout, except in a dry run, whose stdout carries only the `would run:` lines.
-result() {
-    if ((dry_run)); then printf '%s\n' "$*" >&2; else printf '%s\n' "$*"; fi
-}
 begin() {
     step=$1
     say ""
     say "==> $1"
 }
 
-# One argument as the shell would need it. Placeholders (<name>) stay readable.
-quote_arg() {
-    local arg=$1 safe='^[A-Za-z0-9_@%+=:,./<>-]+$' special='[$`"\\!]'
-    if [[ $arg =~ $safe ]]; then
-        printf '%s' "$arg"
-    elif [[ $arg != *"'"* ]]; then
-        printf "'%s'" "$arg"
-    elif [[ ! $arg =~ $special ]]; then
-        printf '"%s"' "$arg"
-    else
-        printf "'%s'" "${arg//\'/\'\\\'\'}"
-    fi
-}
-
-quote_command() {
-    local arg sep=''
-    for arg in "$@"; do
-        printf '%s' "$sep"
-        quote_arg "$arg"
-        sep=' '
-    done
-}
-
-# run [--capture VAR PLACEHOLDER] [--secret NAME] [--probe] [--] COMMAND [ARG...]
-#
-# The only way this script runs a command. In a dry run it prints `would run: COMMAND` on stdout and, with
-# --capture, sets VAR to PLACEHOLDER instead of the command's output. Otherwise it shows the command on
-# stderr and runs it: --capture puts its stdout (trailing newlines removed) into VAR; --secret feeds the
-# value of the variable NAME to its stdin (shown as <NAME>, never the value). --probe marks a read-only
-# prerequisite check, which also runs in a dry run and is not shown.
-run() {
-    local _run_var='' _run_placeholder='' _run_secret='' _run_probe=0 _run_shown _run_out
-    while (($#)); do
-        case $1 in
-            --capture) _run_var=$2 _run_placeholder=$3; shift 3 ;;
-            --secret) _run_secret=$2; shift 2 ;;
-            --probe) _run_probe=1; shift ;;
-            --) shift; break ;;
-            *) break ;;
-        esac
-    done
-    _run_shown=$(quote_command "$@")
-    if [[ -n $_run_secret ]]; then
-        _run_shown="printf %s <$_run_secret> | $_run_shown"
-    fi
-    if ((dry_run && !_run_probe)); then
-        printf 'would run: %s\n' "$_run_shown"
-        if [[ -n $_run_var ]]; then
-            printf -v "$_run_var" '%s' "$_run_placeholder"
-        fi
-        return 0
-    fi
-    if ((!_run_probe)); then
-        printf '+ %s\n' "$_run_shown" >&2
-    fi
-    if [[ -n $_run_var ]]; then
-        _run_out=$("$@") || return
-        printf -v "$_run_var" '%s' "${_run_out//$'\r'/}"
-    elif [[ -n $_run_secret ]]; then
-        printf '%s' "${!_run_secret}" | "$@"
-    else
-        "$@"
-    fi
-}
-
 # retry WHAT run-arguments...: run, and run again after a pause while it fails (role assignments apply
-# within minutes of the deployment that made them).
+# within minutes of the deployment that made them; a new app's host starts, and makes its keys, within
+# minutes of its first package).
 retry() {
     local what=$1 attempt
     shift
@@ -167,8 +103,8 @@ retry() {
         if ((attempt >= RETRIES)); then
             return 1
         fi
-        say "    $what failed (attempt $attempt of $RETRIES); new role assignments can take a few minutes" \
-            "to apply: trying again in ${RETRY_PAUSE}s"
+        say "    $what failed (attempt $attempt of $RETRIES); new role assignments and a new app's host can" \
+            "take a few minutes to be ready: trying again in ${RETRY_PAUSE}s"
         sleep "$RETRY_PAUSE"
     done
 }
@@ -180,13 +116,6 @@ retry() {
 resource_group='' prefix='' location=westeurope workspace='' plan='' servicenow_url='' username=''
 client_id='' connection=default connection_given=0 parameters_file='' deployer_object_id=''
 what_if=0 assume_yes=0
-
-# The value of option $1 given as $2 (after `--opt`) or inline (`--opt=value`).
-need_value() {
-    if [[ -z ${2-} || $2 == --* ]]; then
-        usage_error "$1 needs a value"
-    fi
-}
 
 while (($#)); do
     opt=$1
@@ -221,11 +150,8 @@ while (($#)); do
     shift 2
 done
 
-[[ -n $resource_group ]] || usage_error "--resource-group is required"
+check_resource_group "$resource_group"
 [[ -n $prefix ]] || usage_error "--prefix is required"
-if [[ ! $resource_group =~ ^[A-Za-z0-9_.()-]{1,90}$ || $resource_group == *. ]]; then
-    usage_error "--resource-group '$resource_group': use up to 90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'"
-fi
 if [[ ! $prefix =~ ^[a-z0-9]{3,11}$ ]]; then
     usage_error "--prefix '$prefix': use 3 to 11 lowercase letters and digits (resource names derive from it)"
 fi
@@ -254,8 +180,8 @@ fi
 if [[ -n $deployer_object_id && ! $deployer_object_id =~ ^[0-9a-fA-F-]{36}$ ]]; then
     usage_error "--deployer-object-id '$deployer_object_id' is not an object id (a GUID)"
 fi
-if ((!dry_run && !what_if && !assume_yes)) && [[ ! -t 0 ]]; then
-    usage_error "no terminal to confirm on: pass --yes to deploy without asking"
+if ((!what_if)); then
+    need_terminal_or_yes "$assume_yes" deploy
 fi
 if [[ -n $parameters_file ]]; then
     [[ $parameters_file == *.bicepparam || $parameters_file == *.json ]] ||
@@ -271,12 +197,6 @@ for var in ITSMC_PASSWORD ITSMC_CLIENT_SECRET; do
         export -n "${var?}"
     fi
 done
-
-# Key Vault secret names, as itsmc derives them (src/secrets.rs: every character other than an ASCII
-# letter, digit or '-' becomes '-').
-secret_base=${connection//[^A-Za-z0-9-]/-}
-password_secret_name=$secret_base-password
-client_secret_secret_name=$secret_base-client-secret
 
 repo_root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd -- "$repo_root"
@@ -303,10 +223,9 @@ problem() {
     if ((dry_run)); then warn "$1"; else problems+=("$1"); fi
 }
 
-if ! command -v az >/dev/null 2>&1; then
-    problem "the Azure CLI (az) is not installed: see https://learn.microsoft.com/cli/azure/install-azure-cli"
-elif ! run --probe az account show --output none >/dev/null 2>&1; then
-    problem "the Azure CLI is not signed in: run 'az login' (and 'az account set --subscription ID' to pick the subscription)"
+az_message=$(az_problem)
+if [[ -n $az_message ]]; then
+    problem "$az_message"
 fi
 if ((!what_if)); then
     if ! command -v cargo >/dev/null 2>&1; then
@@ -336,21 +255,30 @@ if ((${#problems[@]})); then
     exit 1
 fi
 
+
 # ---------------------------------------------------------------------------------------------
-# Secrets: asked for before anything long starts, kept in this shell only
+# Secrets: asked for before anything long starts when the options need them, kept in this shell only
 # ---------------------------------------------------------------------------------------------
 
-# ask_secret VAR DESCRIPTION: VAR from the environment, or a silent prompt; never exported to children.
+asked=' '
+
+# ask_secret VAR DESCRIPTION [late]: VAR from the environment, or a silent prompt; never exported to
+# children. Asks (in a dry run, warns) once per VAR. `late`: asked after the first deployment, because only
+# its outputs showed the secret is needed (a parameters file set the connection).
 ask_secret() {
-    local var=$1 description=$2
-    if [[ -n ${!var-} ]]; then
+    local var=$1 description=$2 late=${3-}
+    if [[ -n ${!var-} || $asked == *" $var "* ]]; then
         return 0
     fi
+    asked+="$var "
     if ((dry_run)); then
         warn "$var is not set: a real run asks for $description"
         return 0
     fi
     if [[ ! -t 0 ]]; then
+        if [[ -n $late ]]; then
+            die "the deployment needs $description ($var), and there is no terminal to ask on: set $var in the environment and run this script again (it updates the deployment in place)"
+        fi
         usage_error "$var is not set and there is no terminal to ask for $description: set $var in the environment"
     fi
     local value=''
@@ -360,12 +288,11 @@ ask_secret() {
     printf -v "$var" '%s' "$value"
 }
 
-store_password=0 store_client_secret=0
+# The options ask for these now; a parameters file that sets the connection is known only after the first
+# deployment (its outputs), when what is still missing is asked for.
 if ((!what_if)) && [[ -n $servicenow_url ]]; then
-    store_password=1
     ask_secret ITSMC_PASSWORD "ServiceNow password of $username"
     if [[ -n $client_id ]]; then
-        store_client_secret=1
         ask_secret ITSMC_CLIENT_SECRET "ServiceNow OAuth client secret of $client_id"
     fi
 fi
@@ -373,30 +300,6 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Azure account
 # ---------------------------------------------------------------------------------------------
-
-# read_lines TEXT NAME...: the lines of TEXT (az -o tsv of a list ending in 'end') into the variables
-# NAME... ('None', az's null, becomes '').
-read_lines() {
-    local text=$1 lines i value
-    shift
-    mapfile -t lines <<<"$text"
-    if ((${#lines[@]} != $# + 1)) || [[ ${lines[$#]} != end ]]; then
-        die "unexpected answer from az (expected $# values): $text"
-    fi
-    for ((i = 1; i <= $#; i++)); do
-        value=${lines[i - 1]}
-        [[ $value == None ]] && value=''
-        printf -v "${!i}" '%s' "$value"
-    done
-}
-
-placeholders() {
-    local name
-    for name in "$@"; do
-        printf '<%s>\n' "$name"
-    done
-    printf 'end'
-}
 
 begin "Azure account"
 account='' subscription_id='' subscription_name='' user_type='' user_name='' group_exists=''
@@ -423,9 +326,8 @@ deployment_parameters() { # WITH_ACTION_GROUP
     local params=()
     [[ -n $parameters_file ]] && params+=(--parameters "$parameters_file")
     params+=(--parameters "namePrefix=$prefix" "deployerObjectId=$deployer_object_id" "withActionGroup=$1")
-    if [[ -n $parameters_file && $connection_given == 0 && $store_password == 0 ]]; then
-        : # leave connectionName to the parameters file
-    else
+    # Without --connection a parameters file's connectionName stands (the outputs then say which it is).
+    if [[ -z $parameters_file || $connection_given == 1 ]]; then
         params+=("connectionName=$connection")
     fi
     [[ -n $workspace ]] && params+=("workspaceResourceId=$workspace")
@@ -439,21 +341,89 @@ deployment_parameters() { # WITH_ACTION_GROUP
 first_deployment=itsmc-$prefix-infra
 second_deployment=itsmc-$prefix-actiongroup
 
+# choose_plan REGION: without --plan, Flex Consumption where REGION offers it (then the parameters file's
+# planKind, or the template's default FlexConsumption, stands), else Linux Consumption (planKind=Consumption,
+# over the file too: Flex cannot be created there). The check is a read-only probe; a dry run skips it and
+# takes the default.
+choose_plan() {
+    local region=${1,,} regions='' line found=0
+    region=${region// /}
+    [[ -z $plan ]] || return 0
+    if ((dry_run)); then
+        say "No --plan: a real run checks whether the region offers Flex Consumption (az functionapp" \
+            "list-flexconsumption-locations) and deploys on Consumption if it does not; this dry run takes FlexConsumption."
+        return 0
+    fi
+    if ! run --probe --capture regions '' \
+        az functionapp list-flexconsumption-locations --query '[].name' --output tsv 2>/dev/null; then
+        warn "could not list the regions that offer Flex Consumption (az functionapp list-flexconsumption-locations needs Azure CLI 2.60 or later): taking FlexConsumption; pass --plan Consumption if $region has none"
+        return 0
+    fi
+    while IFS= read -r line; do
+        line=${line,,}
+        [[ ${line// /} == "$region" ]] && found=1
+    done <<<"$regions"
+    if ((found)); then
+        say "$region offers Flex Consumption"
+    else
+        plan=Consumption
+        say "note: $region does not offer Flex Consumption (az functionapp list-flexconsumption-locations):" \
+            "deploying on Linux Consumption (Y1), which retires on 30 September 2028. --plan chooses the plan."
+    fi
+}
+
+# plan_for_group: choose_plan for where the resources go, the resource group's region ($group_exists says
+# whether the group is there; a new group is made in --location). A parameters file's `location` is not read.
+plan_for_group() {
+    local region=$location
+    if [[ -z $plan && $group_exists == true ]]; then
+        run --probe --capture region '' \
+            az group show --name "$resource_group" --query location --output tsv ||
+            die "cannot read the region of resource group $resource_group"
+    fi
+    choose_plan "$region"
+}
+
+# function_app_exists: whether the function app of an earlier run is there (its first deployment names it).
+function_app_exists() {
+    local name=''
+    run --probe --capture name '' az deployment group show --resource-group "$resource_group" \
+        --name "$first_deployment" --query properties.outputs.functionAppName.value --output tsv 2>/dev/null ||
+        return 1
+    [[ -n $name && $name != None ]] || return 1
+    run --probe az functionapp show --resource-group "$resource_group" --name "$name" --output none 2>/dev/null
+}
+
 # ---------------------------------------------------------------------------------------------
 # --what-if: show the changes and stop
 # ---------------------------------------------------------------------------------------------
 
 if ((what_if)); then
     begin "What-if of $TEMPLATE in $resource_group"
-    run --capture group_exists '<groupExists>' az group exists --name "$resource_group"
+    resource_group_exists group_exists "$resource_group"
     if [[ $group_exists == false ]]; then
         say "Resource group $resource_group does not exist: everything would be created. what-if needs the group;"
         say "create it with: az group create --name $(quote_arg "$resource_group") --location $(quote_arg "$location")"
         step=''
         exit 1
     fi
-    mapfile -d '' params < <(deployment_parameters true)
-    run az deployment group what-if --resource-group "$resource_group" --name "$second_deployment" \
+    plan_for_group
+    # The action group's webhook URL holds the host's key (listKeys), which exists only once the function app
+    # runs: before that, what-if could not evaluate it.
+    with_action_group=false
+    if ((dry_run)); then
+        say "A real run includes the action group (withActionGroup=true) when the function app already exists" \
+            "(az functionapp show); this dry run takes a first deployment: withActionGroup=false."
+    elif function_app_exists; then
+        with_action_group=true
+    else
+        say "The function app does not exist yet (a first deployment): what-if leaves out the action group" \
+            "(withActionGroup=false), which deploy.sh adds once the app's host has its keys."
+    fi
+    what_if_deployment=$first_deployment
+    [[ $with_action_group == true ]] && what_if_deployment=$second_deployment
+    mapfile -d '' params < <(deployment_parameters "$with_action_group")
+    run az deployment group what-if --resource-group "$resource_group" --name "$what_if_deployment" \
         --template-file "$TEMPLATE" "${params[@]}"
     exit 0
 fi
@@ -463,9 +433,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 
 if ((!dry_run && !assume_yes)); then
-    read -r -p "Deploy itsmc (prefix $prefix) into resource group $resource_group of subscription $subscription_name? [y/N] " answer ||
-        answer=''
-    [[ $answer == [yY] || $answer == [yY][eE][sS] ]] || die "not deployed"
+    confirm "Deploy itsmc (prefix $prefix) into resource group $resource_group of subscription $subscription_name?" \
+        "not deployed"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -481,23 +450,39 @@ run "$BINARY" package --out "$PACKAGE" --binary "$BINARY"
 # ---------------------------------------------------------------------------------------------
 
 begin "Resource group $resource_group"
-run --capture group_exists '<groupExists>' az group exists --name "$resource_group"
+resource_group_exists group_exists "$resource_group"
 if [[ $group_exists == true ]]; then
     say "exists"
 else
     run az group create --name "$resource_group" --location "$location" --output none
 fi
+plan_for_group
 
 # read_outputs DEPLOYMENT: the deployment's outputs into out_<name>.
 read_outputs() {
-    local query="[" name text
+    local query="[" name text=''
+    # In a dry run, what the options decide: the plan (the template's default is FlexConsumption), and the
+    # connection unless a parameters file may set it; <name> for the rest.
+    local -A known=([planKind]=${plan:-FlexConsumption})
+    if [[ -z $parameters_file || $connection_given == 1 ]]; then
+        known[connectionName]=$connection
+    fi
+    if [[ -n $servicenow_url ]]; then
+        known[serviceNowConfigured]=true known[serviceNowUrl]=${servicenow_url%/} known[serviceNowUsername]=$username
+    elif [[ -z $parameters_file ]]; then
+        known[serviceNowConfigured]=false known[serviceNowUrl]=None known[serviceNowUsername]=None
+    fi
+    if [[ -n $client_id ]]; then
+        known[oauth]=true
+    elif [[ -z $parameters_file ]]; then
+        known[oauth]=false
+    fi
     for name in "${OUTPUTS[@]}"; do
         query+="properties.outputs.$name.value, "
+        text+=${known[$name]-<$name>}$'\n'
     done
     query+="'end']"
-    # In a dry run the plan is the one asked for (the template's default is FlexConsumption).
-    text=$(placeholders "${OUTPUTS[@]}")
-    text=${text/<planKind>/${plan:-FlexConsumption}}
+    text+=end
     run --capture text "$text" \
         az deployment group show --resource-group "$resource_group" --name "$1" --query "$query" --output tsv
     local vars=()
@@ -513,10 +498,11 @@ run az deployment group create --resource-group "$resource_group" --name "$first
     --template-file "$TEMPLATE" "${params[@]}" --output none
 out_functionAppName='' out_alertUrl='' out_actionGroupId='' out_keyVaultName='' out_keyVaultUri=''
 out_storageAccountName='' out_workspaceResourceId='' out_logsIngestionEndpoint='' out_dcrImmutableId=''
-out_planKind='' out_packageBlobUrl=''
+out_planKind='' out_packageBlobUrl='' out_connectionName='' out_serviceNowConfigured='' out_serviceNowUrl=''
+out_serviceNowUsername='' out_oauth=''
 read_outputs "$first_deployment"
-[[ -n $out_functionAppName && -n $out_keyVaultName ]] ||
-    die "deployment $first_deployment did not return functionAppName and keyVaultName"
+[[ -n $out_functionAppName && -n $out_keyVaultName && -n $out_connectionName ]] ||
+    die "deployment $first_deployment did not return functionAppName, keyVaultName and connectionName"
 
 # ---------------------------------------------------------------------------------------------
 # Package upload
@@ -546,8 +532,38 @@ case $out_planKind in
 esac
 
 # ---------------------------------------------------------------------------------------------
-# Secrets
+# Secrets: which ones, the deployment says (the options or the parameters file set the connection)
 # ---------------------------------------------------------------------------------------------
+
+# flag VAR NAME VALUE: the bool output NAME (az prints true or false) into VAR; `unknown` for a dry run's
+# placeholder, when the parameters file decides.
+flag() {
+    local value=$3
+    if [[ $value == "<$2>" ]]; then
+        value=unknown
+    else
+        value=${value,,}
+        [[ $value == true || $value == false ]] ||
+            die "deployment $first_deployment returned $2 '$3' (expected true or false)"
+    fi
+    printf -v "$1" '%s' "$value"
+}
+
+servicenow_configured='' oauth=''
+flag servicenow_configured serviceNowConfigured "$out_serviceNowConfigured"
+flag oauth oauth "$out_oauth"
+connection_name=$out_connectionName
+# Key Vault secret names, as itsmc derives them (src/secrets.rs: every character other than an ASCII
+# letter, digit or '-' becomes '-'); a dry run's <connectionName> stays readable.
+secret_base=$connection_name
+[[ $secret_base == '<connectionName>' ]] || secret_base=${secret_base//[^A-Za-z0-9-]/-}
+password_secret_name=$secret_base-password
+client_secret_secret_name=$secret_base-client-secret
+store_password=0 store_client_secret=0
+if [[ $servicenow_configured != false ]]; then
+    store_password=1
+    [[ $oauth != false ]] && store_client_secret=1
+fi
 
 # store_secret VAR SECRET_NAME: the value of VAR into the vault, through a pipe.
 store_secret() {
@@ -565,13 +581,23 @@ store_secret() {
 
 if ((store_password)); then
     begin "Secrets in Key Vault $out_keyVaultName"
+    if [[ $servicenow_configured == unknown ]]; then
+        say "The parameters file decides whether itsmc connects to ServiceNow (output serviceNowConfigured) and"
+        say "with OAuth (output oauth); a real run stores the secrets below only if it does."
+    elif [[ $oauth == unknown ]]; then
+        say "The parameters file decides whether the connection uses OAuth (output oauth); a real run stores"
+        say "$client_secret_secret_name only if it does."
+    fi
+    ask_secret ITSMC_PASSWORD "ServiceNow password of ${out_serviceNowUsername:-the ServiceNow user}" late
     store_secret ITSMC_PASSWORD "$password_secret_name"
     if ((store_client_secret)); then
+        ask_secret ITSMC_CLIENT_SECRET "ServiceNow OAuth client secret of connection $connection_name" late
         store_secret ITSMC_CLIENT_SECRET "$client_secret_secret_name"
     fi
 else
     say ""
-    say "No --servicenow-url: itsmc runs with ITSMC_PRODUCT=dry-run (alerts are received and logged, nothing is created)."
+    say "No ServiceNow URL (--servicenow-url, or serviceNowUrl in the parameters file): itsmc runs with"
+    say "ITSMC_PRODUCT=dry-run (alerts are received and logged, nothing is created)."
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -580,8 +606,12 @@ fi
 
 begin "Deployment $second_deployment ($TEMPLATE, withActionGroup=true)"
 mapfile -d '' params < <(deployment_parameters true)
-run az deployment group create --resource-group "$resource_group" --name "$second_deployment" \
-    --template-file "$TEMPLATE" "${params[@]}" --output none
+# The webhook URL takes the host's key (listKeys on host/default), which needs the host running, and for
+# that its storage roles applied: minutes after the upload on a new app, so this is retried too.
+retry "the deployment with the action group" \
+    az deployment group create --resource-group "$resource_group" --name "$second_deployment" \
+    --template-file "$TEMPLATE" "${params[@]}" --output none ||
+    die "could not deploy the action group: the app's host has no key yet (it starts once its storage roles apply). Run this script again in a few minutes: it updates the deployment in place"
 read_outputs "$second_deployment"
 step=''
 
@@ -614,7 +644,9 @@ result "  Logs Ingestion:        $out_logsIngestionEndpoint"
 if ((store_password)); then
     secret_names=$password_secret_name
     ((store_client_secret)) && secret_names+=", $client_secret_secret_name"
-    result "  connection:            $connection: ${servicenow_url%/} as $username (Key Vault secrets $secret_names)"
+    result "  connection:            $connection_name: $out_serviceNowUrl as $out_serviceNowUsername (Key Vault secrets $secret_names)"
+else
+    result "  connection:            $connection_name: dry run (no ServiceNow URL)"
 fi
 result ""
 result "Next steps:"
@@ -631,5 +663,5 @@ result "     curl -fsS \"$base_url/api/health?code=\$key\""
 if ((store_password)); then
     result "3. Test the ServiceNow connection:"
     result "     key=\$(az functionapp function keys list --resource-group $q_rg --name $q_app --function-name function-connections --query default --output tsv)"
-    result "     curl -fsS -X POST \"$base_url/api/connections/$connection/test?code=\$key\""
+    result "     curl -fsS -X POST \"$base_url/api/connections/$connection_name/test?code=\$key\""
 fi

@@ -5,10 +5,8 @@
 # Every command that acts goes through `run`, so --dry-run prints each one (`would run: ...`) and runs none.
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
-    printf '%s: needs bash 4.4 or later (this is %s)\n' "${0##*/}" "$BASH_VERSION" >&2
-    exit 1
-fi
+# shellcheck source=lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly TABLES=(ServiceDesk_CL ServiceDeskLog_CL)
 
@@ -34,83 +32,6 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
-# Output helpers (as in deploy.sh)
-# ---------------------------------------------------------------------------------------------
-
-dry_run=0
-
-say() { printf '%s\n' "$*" >&2; }
-warn() { printf 'destroy.sh: warning: %s\n' "$*" >&2; }
-die() { printf 'destroy.sh: %s\n' "$*" >&2; exit 1; }
-usage_error() {
-    printf 'destroy.sh: %s\n' "$*" >&2
-    printf "Run 'infra/destroy.sh --help' for the options.\n" >&2
-    exit 2
-}
-# The results: on stdout, except in a dry run, whose stdout carries only the `would run:` lines.
-result() {
-    if ((dry_run)); then printf '%s\n' "$*" >&2; else printf '%s\n' "$*"; fi
-}
-
-# One argument as the shell would need it. Placeholders (<name>) stay readable.
-quote_arg() {
-    local arg=$1 safe='^[A-Za-z0-9_@%+=:,./<>-]+$' special='[$`"\\!]'
-    if [[ $arg =~ $safe ]]; then
-        printf '%s' "$arg"
-    elif [[ $arg != *"'"* ]]; then
-        printf "'%s'" "$arg"
-    elif [[ ! $arg =~ $special ]]; then
-        printf '"%s"' "$arg"
-    else
-        printf "'%s'" "${arg//\'/\'\\\'\'}"
-    fi
-}
-
-quote_command() {
-    local arg sep=''
-    for arg in "$@"; do
-        printf '%s' "$sep"
-        quote_arg "$arg"
-        sep=' '
-    done
-}
-
-# run [--capture VAR PLACEHOLDER] [--probe] [--] COMMAND [ARG...]
-#
-# The only way this script runs a command. In a dry run it prints `would run: COMMAND` on stdout and, with
-# --capture, sets VAR to PLACEHOLDER instead of the command's output. Otherwise it shows the command on
-# stderr and runs it (--capture: its stdout, trailing newlines removed, into VAR). --probe marks a
-# read-only prerequisite check, which also runs in a dry run and is not shown.
-run() {
-    local _run_var='' _run_placeholder='' _run_probe=0 _run_shown _run_out
-    while (($#)); do
-        case $1 in
-            --capture) _run_var=$2 _run_placeholder=$3; shift 3 ;;
-            --probe) _run_probe=1; shift ;;
-            --) shift; break ;;
-            *) break ;;
-        esac
-    done
-    _run_shown=$(quote_command "$@")
-    if ((dry_run && !_run_probe)); then
-        printf 'would run: %s\n' "$_run_shown"
-        if [[ -n $_run_var ]]; then
-            printf -v "$_run_var" '%s' "$_run_placeholder"
-        fi
-        return 0
-    fi
-    if ((!_run_probe)); then
-        printf '+ %s\n' "$_run_shown" >&2
-    fi
-    if [[ -n $_run_var ]]; then
-        _run_out=$("$@") || return
-        printf -v "$_run_var" '%s' "${_run_out//$'\r'/}"
-    else
-        "$@"
-    fi
-}
-
-# ---------------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------------
 
@@ -128,9 +49,7 @@ while (($#)); do
         --purge-key-vault) purge=1; shift ;;
         --yes | -y) assume_yes=1; shift ;;
         --resource-group | -g)
-            if [[ -z ${2-} || $2 == --* ]]; then
-                usage_error "$opt needs a value"
-            fi
+            need_value "$opt" "${2-}"
             resource_group=$2
             shift 2
             ;;
@@ -138,14 +57,8 @@ while (($#)); do
     esac
 done
 
-[[ -n $resource_group ]] || usage_error "--resource-group is required"
-if [[ ! $resource_group =~ ^[A-Za-z0-9_.()-]{1,90}$ || $resource_group == *. ]]; then
-    usage_error "--resource-group '$resource_group': use up to 90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'"
-fi
-
-if ((!dry_run && !assume_yes)) && [[ ! -t 0 ]]; then
-    usage_error "no terminal to confirm on: pass --yes to delete without asking"
-fi
+check_resource_group "$resource_group"
+need_terminal_or_yes "$assume_yes" delete
 if ((dry_run)); then
     say "Dry run: the commands below are printed, not run."
 fi
@@ -154,11 +67,8 @@ fi
 # Prerequisites
 # ---------------------------------------------------------------------------------------------
 
-if ! command -v az >/dev/null 2>&1; then
-    message="the Azure CLI (az) is not installed: see https://learn.microsoft.com/cli/azure/install-azure-cli"
-    if ((dry_run)); then warn "$message"; else die "$message"; fi
-elif ! run --probe az account show --output none >/dev/null 2>&1; then
-    message="the Azure CLI is not signed in: run 'az login' (and 'az account set --subscription ID' to pick the subscription)"
+message=$(az_problem)
+if [[ -n $message ]]; then
     if ((dry_run)); then warn "$message"; else die "$message"; fi
 fi
 
@@ -176,12 +86,14 @@ lines() {
 # What is there
 # ---------------------------------------------------------------------------------------------
 
-account='' group_exists='' resources='' vault_text='' workspace_text=''
-run --capture account $'<subscriptionId>\t<subscriptionName>' az account show --query '[id, name]' --output tsv
-subscription_id=${account%%$'\t'*}
-subscription_name=${account#*$'\t'}
+account='' subscription_id='' subscription_name='' group_exists='' resources='' vault_text='' workspace_text=''
+# A list prints one value per line with --output tsv (columns are for a list of lists): read it as lines,
+# with the 'end' that shows nothing was lost (a subscription name may hold spaces or tabs).
+run --capture account "$(placeholders subscriptionId subscriptionName)" \
+    az account show --query "[id, name, 'end']" --output tsv
+read_lines "$account" subscription_id subscription_name
 
-run --capture group_exists '<groupExists>' az group exists --name "$resource_group"
+resource_group_exists group_exists "$resource_group"
 if [[ $group_exists == false ]]; then
     say "Resource group $resource_group does not exist in subscription $subscription_name: nothing to delete."
     exit 0
@@ -217,8 +129,7 @@ if ((!dry_run && !assume_yes)); then
     while IFS= read -r line; do
         [[ -n $line ]] && say "  ${line//$'\t'/  }"
     done <<<"$resources"
-    read -r -p "Delete resource group $resource_group and everything in it? [y/N] " answer || answer=''
-    [[ $answer == [yY] || $answer == [yY][eE][sS] ]] || die "nothing deleted"
+    confirm "Delete resource group $resource_group and everything in it?" "nothing deleted"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -44,8 +44,6 @@ type tunables = {
   ITSMC_CONTACT_TYPE: string?
   @description('Prefix of itsmc\'s Table Storage tables (letters and digits). Default itsmc.')
   ITSMC_TABLE_PREFIX: string?
-  @description('Client id of a user-assigned identity for Key Vault and Logs Ingestion; unset: the system identity.')
-  ITSMC_MANAGED_IDENTITY_CLIENT_ID: string?
   @description('The ServiceNow OAuth application\'s Refresh Token Lifespan, seconds. Default 8640000.')
   ITSMC_REFRESH_TOKEN_LIFESPAN_SECS: string?
   @description('Warn this many days before the refresh token ends. Default 14.')
@@ -198,6 +196,9 @@ var notInAzure = [
   'AzureWebJobsStorage__blobServiceUri' // derived from AzureWebJobsStorage__accountName (the host's)
   'AzureWebJobsStorage__queueServiceUri' // derived from AzureWebJobsStorage__accountName (the host's)
   'AzureWebJobsStorage__clientId' // only for a user-assigned identity; the app uses its system identity
+  // A user-assigned identity's client id, for Key Vault and Logs Ingestion: this deployment attaches no
+  // user-assigned identity and grants its roles to the system identity only, so setting it would break both.
+  'ITSMC_MANAGED_IDENTITY_CLIENT_ID'
   'ITSMC_API_KEY' // for hosts that check no key of their own (a Lambda Function URL); here the Functions host does
   'AZURE_TENANT_ID' // with AZURE_CLIENT_ID and AZURE_CLIENT_SECRET: an app registration's secret, for use outside
   'AZURE_CLIENT_ID' // Azure (Lambda); here the managed identity needs no secret
@@ -357,3 +358,11 @@ output logsIngestionEndpoint string = monitoring.outputs.logsIngestionEndpoint
 output dcrImmutableId string = monitoring.outputs.dcrImmutableId
 output planKind string = planKind
 output packageBlobUrl string = packageBlobUrl
+// The connection as deployed, whether its values came from deploy.sh's options or a parameters file: deploy.sh
+// decides from these which secrets to store in Key Vault (<connectionName>-password, and with OAuth
+// <connectionName>-client-secret). No secret is among them.
+output connectionName string = connectionName
+output serviceNowConfigured bool = !empty(serviceNowUrl)
+output serviceNowUrl string = serviceNowUrl
+output serviceNowUsername string = serviceNowUsername
+output oauth bool = !empty(serviceNowClientId)

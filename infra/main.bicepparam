@@ -1,7 +1,9 @@
 // An example parameters file for infra/main.bicep: copy it, change what differs, and pass it to
 // `infra/deploy.sh --parameters FILE` (command-line options win over it) or to
 // `az deployment group create -g RG -f infra/main.bicep -p FILE`. No secret belongs here: deploy.sh puts the
-// ServiceNow password and client secret in Key Vault from ITSMC_PASSWORD / ITSMC_CLIENT_SECRET.
+// ServiceNow password and client secret in Key Vault from ITSMC_PASSWORD / ITSMC_CLIENT_SECRET, as the
+// deployment's outputs ask (serviceNowConfigured, oauth, connectionName), whether this file or its options set
+// the connection.
 
 using 'main.bicep'
 
@@ -12,7 +14,8 @@ param namePrefix = 'itsmc'
 // create <prefix>-logs in the deployment's resource group.
 // param workspaceResourceId = '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/monitoring/providers/Microsoft.OperationalInsights/workspaces/ops-logs'
 
-// FlexConsumption unless the region has no Flex Consumption yet (az functionapp list-flexconsumption-locations).
+// FlexConsumption unless the region has no Flex Consumption yet (az functionapp list-flexconsumption-locations);
+// deploy.sh checks that itself and deploys Consumption there, over this value, unless --plan says otherwise.
 param planKind = 'FlexConsumption'
 
 // Without a URL the connection is a dry run: /api/workitems shows the requests it would have sent.

@@ -135,35 +135,7 @@ fn the_package_holds_the_host_layout_with_the_executable_bit() {
         .status()
         .unwrap();
     assert!(status.success());
-    let zip = std::fs::read(&out).unwrap();
-
-    // The end of central directory record, then each central directory header.
-    let u16_at = |at: usize| u16::from_le_bytes([zip[at], zip[at + 1]]) as usize;
-    let u32_at = |at: usize| u32::from_le_bytes(zip[at..at + 4].try_into().unwrap()) as usize;
-    let end = zip.len() - 22;
-    assert_eq!(u32_at(end), 0x0605_4b50, "ends with the end of central directory");
-    let (count, mut at) = (u16_at(end + 10), u32_at(end + 16));
-    let mut entries = std::collections::BTreeMap::new();
-    for _ in 0..count {
-        assert_eq!(u32_at(at), 0x0201_4b50);
-        let (crc, packed, size) = (u32_at(at + 16), u32_at(at + 20), u32_at(at + 24));
-        let (name_len, extra, comment) = (u16_at(at + 28), u16_at(at + 30), u16_at(at + 32));
-        let mode = u32_at(at + 38) >> 16;
-        let local = u32_at(at + 42);
-        let name = String::from_utf8(zip[at + 46..at + 46 + name_len].to_vec()).unwrap();
-        at += 46 + name_len + extra + comment;
-        // The entry's data, after its local header.
-        assert_eq!(u32_at(local), 0x0403_4b50);
-        let start = local + 30 + u16_at(local + 26) + u16_at(local + 28);
-        let mut content = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&zip[start..start + packed]), &mut content)
-            .unwrap();
-        assert_eq!(content.len(), size, "{name}");
-        let mut check = flate2::Crc::new();
-        check.update(&content);
-        assert_eq!(check.sum() as usize, crc, "{name}");
-        entries.insert(name, (mode, content));
-    }
+    let entries = unzip(&out);
 
     let mut expected: Vec<String> = std::fs::read_dir(root)
         .unwrap()
@@ -184,4 +156,109 @@ fn the_package_holds_the_host_layout_with_the_executable_bit() {
             assert_eq!(content, &std::fs::read(root.join(name)).unwrap(), "{name} as in the repository");
         }
     }
+}
+
+type Entries = std::collections::BTreeMap<String, (u32, Vec<u8>)>;
+
+/// A zip's entries (name -> Unix mode, content), read with a reader of our own from its central directory, each
+/// checked against its size and CRC.
+fn unzip(path: &std::path::Path) -> Entries {
+    let zip = std::fs::read(path).unwrap();
+
+    // The end of central directory record, then each central directory header.
+    let u16_at = |at: usize| u16::from_le_bytes([zip[at], zip[at + 1]]) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(zip[at..at + 4].try_into().unwrap()) as usize;
+    let end = zip.len() - 22;
+    assert_eq!(u32_at(end), 0x0605_4b50, "ends with the end of central directory");
+    let (count, mut at) = (u16_at(end + 10), u32_at(end + 16));
+    let mut entries = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        assert_eq!(u32_at(at), 0x0201_4b50);
+        let (crc, packed, size) = (u32_at(at + 16), u32_at(at + 20), u32_at(at + 24));
+        let (name_len, extra, comment) = (u16_at(at + 28), u16_at(at + 30), u16_at(at + 32));
+        let mode = (u32_at(at + 38) >> 16) as u32;
+        let local = u32_at(at + 42);
+        let name = String::from_utf8(zip[at + 46..at + 46 + name_len].to_vec()).unwrap();
+        at += 46 + name_len + extra + comment;
+        // The entry's data, after its local header.
+        assert_eq!(u32_at(local), 0x0403_4b50);
+        let start = local + 30 + u16_at(local + 26) + u16_at(local + 28);
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&zip[start..start + packed]), &mut content)
+            .unwrap();
+        assert_eq!(content.len(), size, "{name}");
+        let mut check = flate2::Crc::new();
+        check.update(&content);
+        assert_eq!(check.sum() as usize, crc, "{name}");
+        entries.insert(name, (mode, content));
+    }
+    entries
+}
+
+/// The package run as the Functions host runs it: unpacked, the executable host.json names started with its
+/// arguments in the app's folder and `FUNCTIONS_CUSTOMHANDLER_PORT`, ready when `/` answers, an HTTP trigger's
+/// request forwarded as is, the timer's invocation posted to `/function-sync` in the host's envelope. Functions
+/// Core Tools cannot be downloaded here, so this is that contract without the host.
+#[tokio::test]
+async fn the_package_runs_as_the_functions_host_starts_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("itsmc.zip");
+    let binary = env!("CARGO_BIN_EXE_itsmc");
+    let packaged = Command::new(binary).args(["package", "--out", zip.to_str().unwrap()]).status().unwrap();
+    assert!(packaged.success());
+    let app = dir.path().join("wwwroot");
+    for (name, (mode, content)) in unzip(&zip) {
+        let path = app.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777)).unwrap();
+    }
+    let host: serde_json::Value = serde_json::from_slice(&std::fs::read(app.join("host.json")).unwrap()).unwrap();
+    let handler = &host["customHandler"];
+    assert_eq!(handler["enableForwardingHttpRequest"], true);
+    let executable = app.join(handler["description"]["defaultExecutablePath"].as_str().unwrap());
+    let arguments: Vec<&str> =
+        handler["description"]["arguments"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+
+    let port = free_port();
+    let start = |extra: &[(&str, &str)]| {
+        Command::new(&executable)
+            .args(&arguments)
+            .current_dir(&app)
+            .env_clear()
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("ITSMC_DATA_DIR", dir.path().join("state"))
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A key of itsmc's own would lock the host's timer out: refused at start, saying why.
+    let refused = start(&[("ITSMC_API_KEY", "a-key-of-our-own-0123456789")]).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ITSMC_API_KEY: remove it under the Functions host"));
+
+    let mut child = start(&[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while !reqwest::get(format!("{url}/")).await.is_ok_and(|r| r.status() == 200) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the readiness probe never answered 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    let alert = fixture("azure-monitor/cas-test-metric-static-fired.json");
+    let answer: serde_json::Value =
+        client.post(format!("{url}/api/alert?code=host-key")).body(alert).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["action"], "created", "{answer}");
+    let envelope = fixture("protocols/functions-customhandler-timer-request.json");
+    let timer = client.post(format!("{url}/function-sync")).body(envelope).send().await.unwrap();
+    assert_eq!(timer.status(), 200);
+    let timer: serde_json::Value = timer.json().await.unwrap();
+    assert!(timer["Outputs"].is_object() && timer["Logs"].is_array(), "{timer}");
+    let returned: serde_json::Value = serde_json::from_str(timer["ReturnValue"].as_str().unwrap()).unwrap();
+    assert!(returned["outbox"].is_object() && returned["sync"].is_object(), "{returned}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
