@@ -10,6 +10,8 @@ pub mod harness;
 #[allow(dead_code)]
 pub mod identity;
 #[allow(dead_code)]
+pub mod itsm;
+#[allow(dead_code)]
 pub mod keyvault;
 #[allow(dead_code)]
 pub mod lambda_runtime;
