@@ -8,7 +8,6 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use chrono::{Duration, Utc};
 use itsmc::ingest::Sink;
 use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
@@ -17,41 +16,10 @@ use itsmc::sync::run::KindReport;
 use itsmc::sync::{Request, SyncKind, Syncer};
 use serde_json::{Map, Value, json};
 use support::harness::Itsmc;
-use support::identity::{DEFAULT_IDENTITY_HEADER, IdentityConfig, IdentityEmulator};
+use support::identity::{DEFAULT_IDENTITY_HEADER, EndpointCredential, IdentityConfig, IdentityEmulator};
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_LOG_STREAM, SERVICE_DESK_STREAM};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 use support::tls::TestCa;
-
-/// A managed identity as a credential: asks the identity emulator over HTTP, as App Service's endpoint is
-/// asked. (The `itsmc sync` process test below uses the real `ManagedIdentityCredential` instead.)
-#[derive(Debug)]
-struct IdentityEndpoint {
-    endpoint: String,
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for IdentityEndpoint {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        _options: Option<TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        let resource = scopes[0].trim_end_matches("/.default");
-        let answer: Value = reqwest::Client::new()
-            .get(&self.endpoint)
-            .query(&[("resource", resource), ("api-version", "2019-08-01")])
-            .header("X-IDENTITY-HEADER", DEFAULT_IDENTITY_HEADER)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| azure_core::Error::new(azure_core::error::ErrorKind::Credential, e))?
-            .json()
-            .await
-            .map_err(|e| azure_core::Error::new(azure_core::error::ErrorKind::Credential, e))?;
-        let token = answer["access_token"].as_str().unwrap_or_default().to_string();
-        Ok(AccessToken::new(token, azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1)))
-    }
-}
 
 /// ServiceNow, the identity endpoint, Logs Ingestion and itsmc (embedded store) with a syncer that sends to
 /// Logs Ingestion.
@@ -92,7 +60,7 @@ impl World {
             service_desk_log_stream: None,
             client_id: None,
         };
-        let credential = Arc::new(IdentityEndpoint { endpoint: identity.endpoint() });
+        let credential = Arc::new(EndpointCredential { endpoint: identity.endpoint() });
         let http = itsmc::http::build_client(&ca.http_settings()).unwrap();
         let client = LogsIngestion::new(settings, credential, http);
         Syncer::new(Arc::clone(&itsmc.intake), Sink::LogsIngestion(Box::new(client)))

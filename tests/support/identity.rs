@@ -331,3 +331,37 @@ fn random_uuid() -> String {
     let hex = hex::encode(rand::random::<[u8; 16]>());
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
+
+/// A managed identity as a credential object, for tests that build a client themselves rather than through
+/// the process environment: asks the identity emulator over HTTP, as App Service's endpoint is asked.
+#[derive(Debug)]
+pub struct EndpointCredential {
+    pub endpoint: String,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for EndpointCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let resource = scopes[0].trim_end_matches("/.default");
+        let answer: Value = reqwest::Client::new()
+            .get(&self.endpoint)
+            .query(&[("resource", resource), ("api-version", "2019-08-01")])
+            .header("X-IDENTITY-HEADER", DEFAULT_IDENTITY_HEADER)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| azure_core::Error::new(azure_core::error::ErrorKind::Credential, e))?
+            .json()
+            .await
+            .map_err(|e| azure_core::Error::new(azure_core::error::ErrorKind::Credential, e))?;
+        let token = answer["access_token"].as_str().unwrap_or_default().to_string();
+        Ok(azure_core::credentials::AccessToken::new(
+            token,
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
