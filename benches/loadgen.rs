@@ -16,8 +16,8 @@
 #[path = "support/proc.rs"]
 mod proc;
 #[allow(dead_code)]
-#[path = "../tests/support/servicenow.rs"]
-mod servicenow;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -25,10 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use servicenow::{EmulatorConfig, ServiceNowEmulator};
-
-const USER: &str = "loadgen";
-const PASSWORD: &str = "loadgen-password";
+use support::itsm::EmulatedItsm;
+use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -93,17 +91,15 @@ impl Drop for Itsmc {
     }
 }
 
-/// Start `itsmc serve` and return it with the time from spawn to its first answered health check.
-fn start_itsmc(sn_url: &str, settings: &[(&str, &str)]) -> (Itsmc, Duration) {
+/// Start `itsmc serve` against `product` and return it with the time from spawn to its first answered health
+/// check.
+fn start_itsmc(product: &dyn EmulatedItsm, settings: &[(&str, &str)]) -> (Itsmc, Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_itsmc"))
         .args(["serve", "--port", &port.to_string()])
-        .env("ITSMC_PRODUCT", "servicenow")
-        .env("ITSMC_URL", sn_url)
-        .env("ITSMC_USERNAME", USER)
-        .env("ITSMC_PASSWORD", PASSWORD)
+        .envs(product.settings())
         .env("ITSMC_DATA_DIR", dir.path())
         .env("RUST_LOG", "warn")
         .envs(settings.iter().copied())
@@ -256,17 +252,16 @@ fn main() {
     let seconds = if full { env_number("LOADGEN_SECONDS", 10) } else { 1 };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let sn = ServiceNowEmulator::start(EmulatorConfig::default().with_user(USER, PASSWORD));
-        let sn_url = sn.url();
+        let sn = ServiceNowEmulator::start(EmulatorConfig::default());
 
         let mut starts = Vec::new();
         for _ in 0..if full { 15 } else { 2 } {
-            let (itsmc, ready) = start_itsmc(&sn_url, &[]);
+            let (itsmc, ready) = start_itsmc(&sn, &[]);
             starts.push(ready);
             drop(itsmc);
         }
         starts.sort();
-        let (itsmc, _) = start_itsmc(&sn_url, &[]);
+        let (itsmc, _) = start_itsmc(&sn, &[]);
         let pid = itsmc.child.id();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_rss = proc::status_kib(pid, "VmRSS:");
@@ -298,14 +293,15 @@ fn main() {
         );
         drop(itsmc);
         if full {
-            table_storage_runs(&sn_url, concurrency).await;
+            table_storage_runs(&sn, concurrency).await;
         }
         println!("incidents in the emulator: {}", sn.count("incident"));
+        product_runs(if full { env_number("LOADGEN_PRODUCT_ALERTS", 5_000) } else { 100 }, concurrency).await;
     });
 }
 
 /// The create and duplicate runs again with Table Storage state on Azurite, when it is running.
-async fn table_storage_runs(sn_url: &str, concurrency: usize) {
+async fn table_storage_runs(sn: &ServiceNowEmulator, concurrency: usize) {
     let Some(azurite) = azurite_table_pid() else {
         println!("table storage: skipped (no azurite-table process listening on 127.0.0.1:10002)");
         return;
@@ -313,13 +309,39 @@ async fn table_storage_runs(sn_url: &str, concurrency: usize) {
     let alerts = env_number("LOADGEN_TABLE_ALERTS", 5_000);
     let prefix = format!("lg{}", std::process::id());
     let settings = [("AzureWebJobsStorage", "UseDevelopmentStorage=true"), ("ITSMC_TABLE_PREFIX", prefix.as_str())];
-    let (itsmc, _) = start_itsmc(sn_url, &settings);
+    let (itsmc, _) = start_itsmc(sn, &settings);
     let pid = itsmc.child.id();
     let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, "table-warm")).collect(), concurrency).await;
     let bodies: Vec<String> = (0..alerts).map(|i| alert(i, "table-create")).collect();
     let other = Some(("azurite", azurite));
     measured_run("table storage, create path", "created", &itsmc.url, pid, other, bodies.clone(), concurrency).await;
     measured_run("table storage, duplicates", "duplicate", &itsmc.url, pid, other, bodies, concurrency).await;
+}
+
+/// The create path against each product's emulator, `alerts` alerts each, and itsmc's CPU per alert beside
+/// ServiceNow's in the same run (issue 6's target: within 20 %).
+async fn product_runs(alerts: u64, concurrency: usize) {
+    let products: Vec<Box<dyn EmulatedItsm>> = vec![Box::new(ServiceNowEmulator::start(EmulatorConfig::default()))];
+    let mut baseline = None;
+    for product in &products {
+        let (itsmc, _) = start_itsmc(product.as_ref(), &[]);
+        let pid = itsmc.child.id();
+        let tag = format!("product-{}", product.product());
+        let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, &format!("{tag}-warm"))).collect(), concurrency).await;
+        let bodies: Vec<String> = (0..alerts).map(|i| alert(i, &tag)).collect();
+        let cpu_before = proc::cpu_seconds(pid);
+        let (wall, _, actions) = closed_loop(&itsmc.url, bodies, concurrency).await;
+        let per_alert = (proc::cpu_seconds(pid) - cpu_before) * 1e6 / alerts as f64;
+        assert!(actions.iter().all(|a| a == "created"), "{}: not every alert was created", product.product());
+        let baseline = *baseline.get_or_insert(per_alert);
+        println!(
+            "product {}: {alerts} created in {:.2} s = {:.0} alerts/s; itsmc CPU {per_alert:.1} us/alert ({:+.0} % vs servicenow)",
+            product.product(),
+            wall.as_secs_f64(),
+            alerts as f64 / wall.as_secs_f64(),
+            (per_alert / baseline - 1.0) * 100.0
+        );
+    }
 }
 
 /// The azurite-table process, found by its command line.
