@@ -115,6 +115,8 @@ pub enum Product {
     /// Renders the exact requests it would send, and sends nothing.
     DryRun,
     ServiceNow(ServiceNowSettings),
+    /// System Center Service Manager through the Cireson portal's API.
+    Scsm(crate::itsm::scsm::ScsmSettings),
 }
 
 impl Product {
@@ -122,6 +124,7 @@ impl Product {
         match self {
             Product::DryRun => "dry-run",
             Product::ServiceNow(_) => "servicenow",
+            Product::Scsm(_) => "scsm",
         }
     }
 }
@@ -570,6 +573,7 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
             let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
             Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
         }
+        Some("scsm") => Product::Scsm(crate::itsm::scsm::settings_from_lookup(lookup, &name, vault)?),
         Some(other) => {
             return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
         }
@@ -650,6 +654,8 @@ struct FileConnection {
     fields: BTreeMap<String, String>,
     #[serde(default)]
     templates: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -748,6 +754,46 @@ fn connections_from_toml(
                     auth,
                     refresh_token: refresh_token_policy(lookup)?,
                 })
+            }
+            "scsm" => {
+                // The file's keys as the environment names them, so that one function reads both.
+                let mut given = BTreeMap::new();
+                for (key, value) in &c.settings {
+                    let setting = format!("ITSMC_{}", key.to_ascii_uppercase());
+                    if !crate::itsm::scsm::SETTINGS.contains(&setting.as_str()) {
+                        return Err(invalid(
+                            format!("{at}.settings.{key}"),
+                            format!(
+                                "not an SCSM setting; use {}",
+                                crate::itsm::scsm::SETTINGS.map(|s| s[6..].to_ascii_lowercase()).join(", ")
+                            ),
+                        ));
+                    }
+                    given.insert(setting, value.clone());
+                }
+                let password =
+                    secret_from(lookup, &format!("{at}.password"), c.password.clone(), c.password_env.clone())?;
+                for (setting, value) in [
+                    ("ITSMC_URL", c.url.clone()),
+                    ("ITSMC_USERNAME", c.username.clone()),
+                    ("ITSMC_PASSWORD", password.map(|p| p.expose().to_string())),
+                    ("ITSMC_WORK_ITEM_TYPE", c.work_item_type.clone()),
+                    ("ITSMC_PASSWORD_SECRET_NAME", c.key_vault_names.password.clone()),
+                    ("ITSMC_CLIENT_ID", c.client_id.clone()),
+                ] {
+                    if let Some(value) = value {
+                        given.insert(setting.to_string(), value);
+                    }
+                }
+                if c.client_secret.is_some() || c.client_secret_env.is_some() {
+                    given.insert("ITSMC_CLIENT_SECRET".into(), String::new());
+                }
+                let settings =
+                    crate::itsm::scsm::settings_from_lookup(&|name: &str| given.get(name).cloned(), &c.name, vault)
+                        .map_err(|e| {
+                            invalid(format!("{at}.{}", crate::itsm::scsm::file_setting(&e.setting)), e.message)
+                        })?;
+                Product::Scsm(settings)
             }
             other => {
                 return Err(invalid(

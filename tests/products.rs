@@ -15,12 +15,16 @@ use support::harness::{Itsmc, eventually, fixture};
 use support::identity::{EndpointCredential, IdentityConfig, IdentityEmulator};
 use support::itsm::EmulatedItsm;
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_STREAM};
+use support::scsm::{ScsmConfig, ScsmEmulator};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 use support::tls::TestCa;
 
 /// One emulator of each product.
 fn products() -> Vec<Box<dyn EmulatedItsm>> {
-    vec![Box::new(ServiceNowEmulator::start(EmulatorConfig::default()))]
+    vec![
+        Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
+        Box::new(ScsmEmulator::start(ScsmConfig::default())),
+    ]
 }
 
 async fn itsmc_for(product: &dyn EmulatedItsm, extra: &[(&str, &str)]) -> Itsmc {
