@@ -321,13 +321,17 @@ async fn table_storage_runs(sn: &ServiceNowEmulator, concurrency: usize) {
 /// The create path against each product's emulator, `alerts` alerts each, and itsmc's CPU per alert beside
 /// ServiceNow's in the same run (issue 6's target: within 20 %).
 async fn product_runs(alerts: u64, concurrency: usize) {
-    let products: Vec<Box<dyn EmulatedItsm>> = vec![Box::new(ServiceNowEmulator::start(EmulatorConfig::default()))];
+    let products: Vec<Box<dyn EmulatedItsm>> = vec![
+        Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
+        Box::new(support::scsm::ScsmEmulator::start(support::scsm::ScsmConfig::default())),
+    ];
     let mut baseline = None;
     for product in &products {
         let (itsmc, _) = start_itsmc(product.as_ref(), &[]);
         let pid = itsmc.child.id();
         let tag = format!("product-{}", product.product());
-        let _ = closed_loop(&itsmc.url, (0..200).map(|i| alert(i, &format!("{tag}-warm"))).collect(), concurrency).await;
+        let _ =
+            closed_loop(&itsmc.url, (0..200).map(|i| alert(i, &format!("{tag}-warm"))).collect(), concurrency).await;
         let bodies: Vec<String> = (0..alerts).map(|i| alert(i, &tag)).collect();
         let cpu_before = proc::cpu_seconds(pid);
         let (wall, _, actions) = closed_loop(&itsmc.url, bodies, concurrency).await;
