@@ -203,6 +203,20 @@ var notInAzure = [
   'AZURE_TENANT_ID' // with AZURE_CLIENT_ID and AZURE_CLIENT_SECRET: an app registration's secret, for use outside
   'AZURE_CLIENT_ID' // Azure (Lambda); here the managed identity needs no secret
   'AZURE_CLIENT_SECRET'
+  // A Cherwell connection's settings: this template deploys a ServiceNow (or dry-run) connection only.
+  'ITSMC_CHERWELL_AUTH_MODE'
+  'ITSMC_CHERWELL_INCIDENT_OBJECT'
+  'ITSMC_CHERWELL_CHANGE_OBJECT'
+  'ITSMC_CHERWELL_CORRELATION_FIELD'
+  'ITSMC_CHERWELL_STATUS_FIELD'
+  'ITSMC_CHERWELL_RESOLVED_STATUS'
+  'ITSMC_CHERWELL_REOPEN_STATUS'
+  'ITSMC_CHERWELL_CLOSED_STATUSES'
+  'ITSMC_CHERWELL_CLOSE_DESCRIPTION_FIELD'
+  'ITSMC_CHERWELL_CLOSE_CODE_FIELD'
+  'ITSMC_CHERWELL_JOURNAL_RELATIONSHIP'
+  'ITSMC_CHERWELL_DATE_FORMAT'
+  'ITSMC_CHERWELL_SYNC_FIELDS'
 ]
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ pub enum Product {
     /// Renders the exact requests it would send, and sends nothing.
     DryRun,
     ServiceNow(ServiceNowSettings),
+    /// Boxed: its many names would make every `Product` twice the size.
+    Cherwell(Box<crate::itsm::cherwell::CherwellSettings>),
 }
 
 impl Product {
@@ -122,6 +124,7 @@ impl Product {
         match self {
             Product::DryRun => "dry-run",
             Product::ServiceNow(_) => "servicenow",
+            Product::Cherwell(_) => "cherwell",
         }
     }
 }
@@ -570,8 +573,14 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
             let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
             Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
         }
+        Some("cherwell") => {
+            Product::Cherwell(Box::new(crate::itsm::cherwell::settings_from_lookup(lookup, &name, vault)?))
+        }
         Some(other) => {
-            return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
+            return Err(invalid(
+                "ITSMC_PRODUCT",
+                format!("'{other}' is not supported; use servicenow, cherwell or dry-run"),
+            ));
         }
     };
     let policy = Policy {
@@ -650,6 +659,9 @@ struct FileConnection {
     fields: BTreeMap<String, String>,
     #[serde(default)]
     templates: BTreeMap<String, BTreeMap<String, String>>,
+    /// Product settings by their environment names without `ITSMC_`, lowercased (`cherwell_auth_mode`).
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -749,10 +761,38 @@ fn connections_from_toml(
                     refresh_token: refresh_token_policy(lookup)?,
                 })
             }
+            "cherwell" => {
+                let password =
+                    secret_from(lookup, &format!("{at}.password"), c.password.clone(), c.password_env.clone())?;
+                if let Some(key) = c.settings.keys().find(|key| {
+                    !crate::itsm::cherwell::SETTINGS.contains(&format!("ITSMC_{}", key.to_ascii_uppercase()).as_str())
+                }) {
+                    return Err(invalid(format!("{at}.settings.{key}"), "is not a Cherwell setting"));
+                }
+                let file_lookup = |name: &str| -> Option<String> {
+                    match name {
+                        "ITSMC_URL" => c.url.clone(),
+                        "ITSMC_USERNAME" => c.username.clone(),
+                        "ITSMC_PASSWORD" => password.as_ref().map(|p| p.expose().to_string()),
+                        "ITSMC_CLIENT_ID" => c.client_id.clone(),
+                        "ITSMC_PASSWORD_SECRET_NAME" => c.key_vault_names.password.clone(),
+                        "ITSMC_WORK_ITEM_TYPE" => c.work_item_type.clone(),
+                        other => {
+                            let key = other.strip_prefix("ITSMC_")?.to_ascii_lowercase();
+                            c.settings.get(&key).cloned()
+                        }
+                    }
+                };
+                let settings =
+                    crate::itsm::cherwell::settings_from_lookup(&file_lookup, &c.name, vault).map_err(|e| {
+                        invalid(format!("{at}.{}", crate::itsm::cherwell::file_setting_name(&e.setting)), e.message)
+                    })?;
+                Product::Cherwell(Box::new(settings))
+            }
             other => {
                 return Err(invalid(
                     format!("{at}.product"),
-                    format!("'{other}' is not supported; use servicenow or dry-run"),
+                    format!("'{other}' is not supported; use servicenow, cherwell or dry-run"),
                 ));
             }
         };

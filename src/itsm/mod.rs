@@ -2,6 +2,7 @@
 //! its requests and mapping (what to send), its client (auth, sending, errors) and its tests.
 //! `dry_run` executes nothing and records what would have been sent.
 
+pub mod cherwell;
 pub mod dry_run;
 pub mod servicenow;
 
@@ -155,5 +156,6 @@ pub fn connect(
     match &connection.product {
         Product::DryRun => Arc::new(dry_run::DryRun::new(connection, journal)),
         Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client, vault)),
+        Product::Cherwell(settings) => Arc::new(cherwell::Cherwell::new(connection, settings, client, vault)),
     }
 }
