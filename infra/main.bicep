@@ -42,24 +42,6 @@ type tunables = {
   ITSMC_SUBCATEGORY: string?
   @description('Default contact_type (template).')
   ITSMC_CONTACT_TYPE: string?
-  @description('SCSM: id of the incident template new incidents start from. Default the Default Incident Template.')
-  ITSMC_SCSM_TEMPLATE_ID: string?
-  @description('SCSM: type projection incidents are read through. Default System.WorkItem.Incident.ProjectionType.')
-  ITSMC_SCSM_INCIDENT_PROJECTION_ID: string?
-  @description('SCSM: type projection change requests are read through. Default System.WorkItem.ChangeRequestProjection.')
-  ITSMC_SCSM_CHANGE_PROJECTION_ID: string?
-  @description('SCSM: incident string property that holds the correlation key. Default ItsmcCorrelationKey.')
-  ITSMC_SCSM_CORRELATION_PROPERTY: string?
-  @description('SCSM: id of the class (or class extension) declaring that property. Default System.WorkItem.Incident.')
-  ITSMC_SCSM_CORRELATION_CLASS_ID: string?
-  @description('SCSM: the portal language code display names come in. Default ENU.')
-  ITSMC_SCSM_LANGUAGE_CODE: string?
-  @description('SCSM: IncidentClassificationEnum value id set on new incidents. Default the template\'s.')
-  ITSMC_SCSM_CLASSIFICATION_ID: string?
-  @description('SCSM: IncidentTierQueuesEnum (support group) value id set on new incidents. Default the template\'s.')
-  ITSMC_SCSM_SUPPORT_GROUP_ID: string?
-  @description('SCSM: IncidentResolutionCategoryEnum value id set on resolve. Default Fixed by analyst.')
-  ITSMC_SCSM_RESOLUTION_CATEGORY_ID: string?
   @description('Prefix of itsmc\'s Table Storage tables (letters and digits). Default itsmc.')
   ITSMC_TABLE_PREFIX: string?
   @description('The ServiceNow OAuth application\'s Refresh Token Lifespan, seconds. Default 8640000.')
@@ -221,6 +203,29 @@ var notInAzure = [
   'AZURE_TENANT_ID' // with AZURE_CLIENT_ID and AZURE_CLIENT_SECRET: an app registration's secret, for use outside
   'AZURE_CLIENT_ID' // Azure (Lambda); here the managed identity needs no secret
   'AZURE_CLIENT_SECRET'
+  // Other products' settings: this template deploys a ServiceNow (or dry-run) connection only.
+  'ITSMC_CHERWELL_AUTH_MODE'
+  'ITSMC_CHERWELL_INCIDENT_OBJECT'
+  'ITSMC_CHERWELL_CHANGE_OBJECT'
+  'ITSMC_CHERWELL_CORRELATION_FIELD'
+  'ITSMC_CHERWELL_STATUS_FIELD'
+  'ITSMC_CHERWELL_RESOLVED_STATUS'
+  'ITSMC_CHERWELL_REOPEN_STATUS'
+  'ITSMC_CHERWELL_CLOSED_STATUSES'
+  'ITSMC_CHERWELL_CLOSE_DESCRIPTION_FIELD'
+  'ITSMC_CHERWELL_CLOSE_CODE_FIELD'
+  'ITSMC_CHERWELL_JOURNAL_RELATIONSHIP'
+  'ITSMC_CHERWELL_DATE_FORMAT'
+  'ITSMC_CHERWELL_SYNC_FIELDS'
+  'ITSMC_SCSM_TEMPLATE_ID'
+  'ITSMC_SCSM_INCIDENT_PROJECTION_ID'
+  'ITSMC_SCSM_CHANGE_PROJECTION_ID'
+  'ITSMC_SCSM_CORRELATION_PROPERTY'
+  'ITSMC_SCSM_CORRELATION_CLASS_ID'
+  'ITSMC_SCSM_LANGUAGE_CODE'
+  'ITSMC_SCSM_CLASSIFICATION_ID'
+  'ITSMC_SCSM_SUPPORT_GROUP_ID'
+  'ITSMC_SCSM_RESOLUTION_CATEGORY_ID'
 ]
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ pub enum Product {
     ServiceNow(ServiceNowSettings),
     /// System Center Service Manager through the Cireson portal's API.
     Scsm(crate::itsm::scsm::ScsmSettings),
+    /// Boxed: its many names would make every `Product` twice the size.
+    Cherwell(Box<crate::itsm::cherwell::CherwellSettings>),
 }
 
 impl Product {
@@ -125,6 +127,7 @@ impl Product {
             Product::DryRun => "dry-run",
             Product::ServiceNow(_) => "servicenow",
             Product::Scsm(_) => "scsm",
+            Product::Cherwell(_) => "cherwell",
         }
     }
 }
@@ -422,6 +425,58 @@ fn state_settings(lookup: &impl Fn(&str) -> Option<String>) -> Result<StateSetti
     })
 }
 
+/// A product whose settings one parser reads from the environment (`ITSMC_*` names) reads a connections file's
+/// entry through the same parser: the entry's keys under the names the environment uses, its `settings` table
+/// as `ITSMC_` and the key uppercased (only the product's own `known` names). Errors name the file's key.
+fn file_product<T>(
+    c: &FileConnection,
+    at: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+    known: &[&str],
+    product: &str,
+    parse: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    if let Some(key) =
+        c.settings.keys().find(|key| !known.contains(&format!("ITSMC_{}", key.to_ascii_uppercase()).as_str()))
+    {
+        let allowed: Vec<String> = known.iter().map(|name| name["ITSMC_".len()..].to_ascii_lowercase()).collect();
+        return Err(invalid(
+            format!("{at}.settings.{key}"),
+            format!("not a {product} setting; use {}", allowed.join(", ")),
+        ));
+    }
+    let password = secret_from(lookup, &format!("{at}.password"), c.password.clone(), c.password_env.clone())?;
+    let client_secret =
+        secret_from(lookup, &format!("{at}.client_secret"), c.client_secret.clone(), c.client_secret_env.clone())?;
+    let read = |name: &str| -> Option<String> {
+        match name {
+            "ITSMC_URL" => c.url.clone(),
+            "ITSMC_USERNAME" => c.username.clone(),
+            "ITSMC_PASSWORD" => password.as_ref().map(|p| p.expose().to_string()),
+            "ITSMC_CLIENT_ID" => c.client_id.clone(),
+            "ITSMC_CLIENT_SECRET" => client_secret.as_ref().map(|s| s.expose().to_string()),
+            "ITSMC_WORK_ITEM_TYPE" => c.work_item_type.clone(),
+            "ITSMC_PASSWORD_SECRET_NAME" => c.key_vault_names.password.clone(),
+            "ITSMC_CLIENT_SECRET_SECRET_NAME" => c.key_vault_names.client_secret.clone(),
+            other => c.settings.get(&other.strip_prefix("ITSMC_")?.to_ascii_lowercase()).cloned(),
+        }
+    };
+    parse(&read).map_err(|e| {
+        let key = match e.setting.as_str() {
+            "ITSMC_URL" => "url".to_string(),
+            "ITSMC_USERNAME" => "username".into(),
+            "ITSMC_PASSWORD" => "password".into(),
+            "ITSMC_CLIENT_ID" => "client_id".into(),
+            "ITSMC_CLIENT_SECRET" => "client_secret".into(),
+            "ITSMC_WORK_ITEM_TYPE" => "work_item_type".into(),
+            "ITSMC_PASSWORD_SECRET_NAME" => "key_vault_names.password".into(),
+            "ITSMC_CLIENT_SECRET_SECRET_NAME" => "key_vault_names.client_secret".into(),
+            other => format!("settings.{}", other.trim_start_matches("ITSMC_").to_ascii_lowercase()),
+        };
+        invalid(format!("{at}.{key}"), e.message)
+    })
+}
+
 /// An https URL (http only to this machine), as every endpoint itsmc talks to must be.
 fn https_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
@@ -574,8 +629,14 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
             Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
         }
         Some("scsm") => Product::Scsm(crate::itsm::scsm::settings_from_lookup(lookup, &name, vault)?),
+        Some("cherwell") => {
+            Product::Cherwell(Box::new(crate::itsm::cherwell::settings_from_lookup(lookup, &name, vault)?))
+        }
         Some(other) => {
-            return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
+            return Err(invalid(
+                "ITSMC_PRODUCT",
+                format!("'{other}' is not supported; use servicenow, cherwell, scsm or dry-run"),
+            ));
         }
     };
     let policy = Policy {
@@ -654,6 +715,7 @@ struct FileConnection {
     fields: BTreeMap<String, String>,
     #[serde(default)]
     templates: BTreeMap<String, BTreeMap<String, String>>,
+    /// Product settings by their environment names without `ITSMC_`, lowercased (`cherwell_auth_mode`).
     #[serde(default)]
     settings: BTreeMap<String, String>,
 }
@@ -755,50 +817,21 @@ fn connections_from_toml(
                     refresh_token: refresh_token_policy(lookup)?,
                 })
             }
-            "scsm" => {
-                // The file's keys as the environment names them, so that one function reads both.
-                let mut given = BTreeMap::new();
-                for (key, value) in &c.settings {
-                    let setting = format!("ITSMC_{}", key.to_ascii_uppercase());
-                    if !crate::itsm::scsm::SETTINGS.contains(&setting.as_str()) {
-                        return Err(invalid(
-                            format!("{at}.settings.{key}"),
-                            format!(
-                                "not an SCSM setting; use {}",
-                                crate::itsm::scsm::SETTINGS.map(|s| s[6..].to_ascii_lowercase()).join(", ")
-                            ),
-                        ));
-                    }
-                    given.insert(setting, value.clone());
-                }
-                let password =
-                    secret_from(lookup, &format!("{at}.password"), c.password.clone(), c.password_env.clone())?;
-                for (setting, value) in [
-                    ("ITSMC_URL", c.url.clone()),
-                    ("ITSMC_USERNAME", c.username.clone()),
-                    ("ITSMC_PASSWORD", password.map(|p| p.expose().to_string())),
-                    ("ITSMC_WORK_ITEM_TYPE", c.work_item_type.clone()),
-                    ("ITSMC_PASSWORD_SECRET_NAME", c.key_vault_names.password.clone()),
-                    ("ITSMC_CLIENT_ID", c.client_id.clone()),
-                ] {
-                    if let Some(value) = value {
-                        given.insert(setting.to_string(), value);
-                    }
-                }
-                if c.client_secret.is_some() || c.client_secret_env.is_some() {
-                    given.insert("ITSMC_CLIENT_SECRET".into(), String::new());
-                }
-                let settings =
-                    crate::itsm::scsm::settings_from_lookup(&|name: &str| given.get(name).cloned(), &c.name, vault)
-                        .map_err(|e| {
-                            invalid(format!("{at}.{}", crate::itsm::scsm::file_setting(&e.setting)), e.message)
-                        })?;
-                Product::Scsm(settings)
-            }
+            "scsm" => Product::Scsm(file_product(&c, &at, lookup, crate::itsm::scsm::SETTINGS, "SCSM", |read| {
+                crate::itsm::scsm::settings_from_lookup(&read, &c.name, vault)
+            })?),
+            "cherwell" => Product::Cherwell(Box::new(file_product(
+                &c,
+                &at,
+                lookup,
+                crate::itsm::cherwell::SETTINGS,
+                "Cherwell",
+                |read| crate::itsm::cherwell::settings_from_lookup(&read, &c.name, vault),
+            )?)),
             other => {
                 return Err(invalid(
                     format!("{at}.product"),
-                    format!("'{other}' is not supported; use servicenow or dry-run"),
+                    format!("'{other}' is not supported; use servicenow, cherwell, scsm or dry-run"),
                 ));
             }
         };

@@ -2,6 +2,7 @@
 //! its requests and mapping (what to send), its client (auth, sending, errors) and its tests.
 //! `dry_run` executes nothing and records what would have been sent.
 
+pub mod cherwell;
 pub mod dry_run;
 pub mod scsm;
 pub mod servicenow;
@@ -157,5 +158,6 @@ pub fn connect(
         Product::DryRun => Arc::new(dry_run::DryRun::new(connection, journal)),
         Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client, vault)),
         Product::Scsm(settings) => Arc::new(scsm::Scsm::new(connection, settings, client, vault)),
+        Product::Cherwell(settings) => Arc::new(cherwell::Cherwell::new(connection, settings, client, vault)),
     }
 }

@@ -5,6 +5,8 @@
 //! with `mod support;`.
 
 #[allow(dead_code)]
+pub mod cherwell;
+#[allow(dead_code)]
 pub mod entra;
 pub mod harness;
 #[allow(dead_code)]

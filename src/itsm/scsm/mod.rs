@@ -13,7 +13,7 @@ pub mod requests;
 mod servicedesk;
 mod settings;
 
-pub use settings::{SETTINGS, ScsmSettings, file_setting, settings_from_lookup};
+pub use settings::{SETTINGS, ScsmSettings, settings_from_lookup};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

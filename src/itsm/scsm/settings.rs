@@ -8,7 +8,7 @@ use crate::config::{ConfigError, Secret, SecretSetting, invalid};
 use crate::workitem::WorkItemType;
 
 /// The SCSM settings a TOML connection may give in its `settings` table (lowercased, without `ITSMC_`).
-pub const SETTINGS: [&str; 9] = [
+pub const SETTINGS: &[&str] = &[
     "ITSMC_SCSM_TEMPLATE_ID",
     "ITSMC_SCSM_INCIDENT_PROJECTION_ID",
     "ITSMC_SCSM_CHANGE_PROJECTION_ID",
@@ -172,22 +172,6 @@ pub fn settings_from_lookup(
     })
 }
 
-/// Where a setting of a file connection lives in the file, for its error: `url`, `username`, `password`,
-/// `work_item_type`, `client_id`, `client_secret`, `key_vault_names.password`, else `settings.<name without
-/// ITSMC_, lowercased>`.
-pub fn file_setting(env_setting: &str) -> String {
-    match env_setting {
-        "ITSMC_URL" => "url".into(),
-        "ITSMC_USERNAME" => "username".into(),
-        "ITSMC_PASSWORD" => "password".into(),
-        "ITSMC_WORK_ITEM_TYPE" => "work_item_type".into(),
-        "ITSMC_CLIENT_ID" => "client_id".into(),
-        "ITSMC_CLIENT_SECRET" => "client_secret".into(),
-        "ITSMC_PASSWORD_SECRET_NAME" => "key_vault_names.password".into(),
-        other => format!("settings.{}", other.trim_start_matches("ITSMC_").to_ascii_lowercase()),
-    }
-}
-
 /// A GUID as SCSM writes them (`8-4-4-4-12` hex digits, braces allowed), lowercased.
 fn guid(setting: &str, raw: &str) -> Result<String, ConfigError> {
     let trimmed = raw.trim().trim_start_matches('{').trim_end_matches('}');
@@ -273,11 +257,5 @@ mod tests {
             read(&[("ITSMC_URL", "http://portal.contoso.com"), BASE[1], BASE[2]], false).unwrap_err().setting,
             "ITSMC_URL"
         );
-    }
-
-    #[test]
-    fn file_settings_are_named_as_the_file_has_them() {
-        assert_eq!(file_setting("ITSMC_URL"), "url");
-        assert_eq!(file_setting("ITSMC_SCSM_TEMPLATE_ID"), "settings.scsm_template_id");
     }
 }
