@@ -324,6 +324,7 @@ async fn product_runs(alerts: u64, concurrency: usize) {
     let products: Vec<Box<dyn EmulatedItsm>> = vec![
         Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
         Box::new(support::scsm::ScsmEmulator::start(support::scsm::ScsmConfig::default())),
+        Box::new(support::cherwell::CherwellEmulator::start(support::cherwell::EmulatorConfig::default())),
     ];
     let mut baseline = None;
     for product in &products {

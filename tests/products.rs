@@ -24,6 +24,7 @@ fn products() -> Vec<Box<dyn EmulatedItsm>> {
     vec![
         Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
         Box::new(ScsmEmulator::start(ScsmConfig::default())),
+        Box::new(support::cherwell::CherwellEmulator::start(support::cherwell::EmulatorConfig::default())),
     ]
 }
 
