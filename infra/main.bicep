@@ -80,6 +80,22 @@ type tunables = {
   ITSMC_CLIENT_SECRET_SECRET_NAME: string?
   @description('Key Vault secret name of the refresh token, if not <connection>-refresh-token.')
   ITSMC_REFRESH_TOKEN_SECRET_NAME: string?
+  @description('Provance: the app registration\'s Directory (tenant) ID, with ITSMC_CLIENT_ID and its client secret.')
+  ITSMC_PROVANCE_TENANT_ID: string?
+  @description('Provance: Entra authority for national clouds. Default https://login.microsoftonline.com.')
+  ITSMC_PROVANCE_AUTHORITY: string?
+  @description('Provance: the customer of every case, accounts(<accountid>) or contacts(<contactid>).')
+  ITSMC_PROVANCE_CUSTOMER: string?
+  @description('Provance: the incident text column (40+ characters) that keeps the correlation key.')
+  ITSMC_PROVANCE_CORRELATION_FIELD: string?
+  @description('Provance: an incident text column for the configuration item name (optional).')
+  ITSMC_PROVANCE_CI_FIELD: string?
+  @description('Provance: the entity set of change requests (needed when ChangeRequest is synced).')
+  ITSMC_PROVANCE_CHANGE_ENTITY_SET: string?
+  @description('Provance: more ServiceDesk_CL columns of change requests, Column=column,... (optional).')
+  ITSMC_PROVANCE_CHANGE_COLUMNS: string?
+  @description('Provance: status reason a resolve closes cases with. Default 5 (Problem Solved).')
+  ITSMC_PROVANCE_RESOLVED_STATUS: string?
   @description('Log filter, e.g. info or itsmc=debug. Default info.')
   RUST_LOG: string?
 }

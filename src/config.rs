@@ -115,6 +115,7 @@ pub enum Product {
     /// Renders the exact requests it would send, and sends nothing.
     DryRun,
     ServiceNow(ServiceNowSettings),
+    Provance(crate::itsm::provance::ProvanceSettings),
 }
 
 impl Product {
@@ -122,6 +123,7 @@ impl Product {
         match self {
             Product::DryRun => "dry-run",
             Product::ServiceNow(_) => "servicenow",
+            Product::Provance(_) => "provance",
         }
     }
 }
@@ -570,8 +572,12 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
             let auth = servicenow_auth("ITSMC_", lookup("ITSMC_USERNAME"), given)?;
             Product::ServiceNow(ServiceNowSettings { url, auth, refresh_token: refresh_token_policy(lookup)? })
         }
+        Some("provance") => Product::Provance(crate::itsm::provance::settings_from_lookup(lookup, &name, vault)?),
         Some(other) => {
-            return Err(invalid("ITSMC_PRODUCT", format!("'{other}' is not supported; use servicenow or dry-run")));
+            return Err(invalid(
+                "ITSMC_PRODUCT",
+                format!("'{other}' is not supported; use servicenow, provance or dry-run"),
+            ));
         }
     };
     let policy = Policy {
@@ -650,6 +656,8 @@ struct FileConnection {
     fields: BTreeMap<String, String>,
     #[serde(default)]
     templates: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -749,10 +757,11 @@ fn connections_from_toml(
                     refresh_token: refresh_token_policy(lookup)?,
                 })
             }
+            "provance" => Product::Provance(provance_from_file(&c, &at, lookup, vault)?),
             other => {
                 return Err(invalid(
                     format!("{at}.product"),
-                    format!("'{other}' is not supported; use servicenow or dry-run"),
+                    format!("'{other}' is not supported; use servicenow, provance or dry-run"),
                 ));
             }
         };
@@ -813,4 +822,53 @@ fn connections_from_toml(
         });
     }
     Ok(out)
+}
+
+/// A file connection's Provance settings, through the parser of the environment's: the file's fields and its
+/// `settings` table (the environment's names without `ITSMC_`, in lower case) stand in for the variables, and
+/// errors name the file's keys.
+fn provance_from_file(
+    c: &FileConnection,
+    at: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+    vault: bool,
+) -> Result<crate::itsm::provance::ProvanceSettings, ConfigError> {
+    let known: Vec<String> =
+        crate::itsm::provance::SETTINGS.iter().map(|s| s.trim_start_matches("ITSMC_").to_ascii_lowercase()).collect();
+    if let Some(unknown) = c.settings.keys().find(|key| !known.contains(key)) {
+        return Err(invalid(
+            format!("{at}.settings.{unknown}"),
+            format!("is not a Provance setting; use {}", known.join(", ")),
+        ));
+    }
+    let client_secret =
+        secret_from(lookup, &format!("{at}.client_secret"), c.client_secret.clone(), c.client_secret_env.clone())?;
+    let file = |name: &str| -> Option<String> {
+        match name {
+            "ITSMC_URL" => c.url.clone(),
+            "ITSMC_CLIENT_ID" => c.client_id.clone(),
+            "ITSMC_CLIENT_SECRET" => client_secret.as_ref().map(|s| s.expose().to_string()),
+            "ITSMC_CLIENT_SECRET_SECRET_NAME" => c.key_vault_names.client_secret.clone(),
+            "ITSMC_USERNAME" => c.username.clone(),
+            "ITSMC_PASSWORD" => (c.password.is_some() || c.password_env.is_some()).then(|| "set".into()),
+            "ITSMC_WORK_ITEM_TYPE" => c.work_item_type.clone(),
+            "ITSMC_SYNC_KINDS" => c.sync_kinds.as_ref().map(|kinds| kinds.join(",")).or_else(|| lookup(name)),
+            crate::secrets::MANAGED_IDENTITY_CLIENT_ID_SETTING => lookup(name),
+            _ => name.strip_prefix("ITSMC_").and_then(|key| c.settings.get(&key.to_ascii_lowercase()).cloned()),
+        }
+    };
+    crate::itsm::provance::settings_from_lookup(&file, &c.name, vault).map_err(|e| {
+        let key = match e.setting.as_str() {
+            "ITSMC_URL" => "url".to_string(),
+            "ITSMC_CLIENT_ID" => "client_id".into(),
+            "ITSMC_CLIENT_SECRET" => "client_secret".into(),
+            "ITSMC_CLIENT_SECRET_SECRET_NAME" => "key_vault_names.client_secret".into(),
+            "ITSMC_USERNAME" => "username".into(),
+            "ITSMC_PASSWORD" => "password".into(),
+            "ITSMC_WORK_ITEM_TYPE" => "work_item_type".into(),
+            "ITSMC_SYNC_KINDS" => "sync_kinds".into(),
+            other => format!("settings.{}", other.trim_start_matches("ITSMC_").to_ascii_lowercase()),
+        };
+        invalid(format!("{at}.{key}"), e.message)
+    })
 }

@@ -3,6 +3,7 @@
 //! `dry_run` executes nothing and records what would have been sent.
 
 pub mod dry_run;
+pub mod provance;
 pub mod servicenow;
 
 use std::sync::Arc;
@@ -155,5 +156,6 @@ pub fn connect(
     match &connection.product {
         Product::DryRun => Arc::new(dry_run::DryRun::new(connection, journal)),
         Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client, vault)),
+        Product::Provance(settings) => Arc::new(provance::Provance::new(connection, settings, client, vault)),
     }
 }
