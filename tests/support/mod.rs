@@ -23,4 +23,6 @@ pub mod tls;
 #[allow(dead_code)]
 pub mod logs_ingestion;
 #[allow(dead_code)]
+pub mod provance;
+#[allow(dead_code)]
 pub mod servicenow;
