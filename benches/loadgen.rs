@@ -325,6 +325,7 @@ async fn product_runs(alerts: u64, concurrency: usize) {
         Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
         Box::new(support::scsm::ScsmEmulator::start(support::scsm::ScsmConfig::default())),
         Box::new(support::cherwell::CherwellEmulator::start(support::cherwell::EmulatorConfig::default())),
+        Box::new(support::provance::ProvanceEmulator::start()),
     ];
     let mut baseline = None;
     for product in &products {

@@ -119,6 +119,8 @@ pub enum Product {
     Scsm(crate::itsm::scsm::ScsmSettings),
     /// Boxed: its many names would make every `Product` twice the size.
     Cherwell(Box<crate::itsm::cherwell::CherwellSettings>),
+    /// Provance on Dynamics 365, through the Dataverse Web API.
+    Provance(crate::itsm::provance::ProvanceSettings),
 }
 
 impl Product {
@@ -128,6 +130,7 @@ impl Product {
             Product::ServiceNow(_) => "servicenow",
             Product::Scsm(_) => "scsm",
             Product::Cherwell(_) => "cherwell",
+            Product::Provance(_) => "provance",
         }
     }
 }
@@ -458,6 +461,9 @@ fn file_product<T>(
             "ITSMC_WORK_ITEM_TYPE" => c.work_item_type.clone(),
             "ITSMC_PASSWORD_SECRET_NAME" => c.key_vault_names.password.clone(),
             "ITSMC_CLIENT_SECRET_SECRET_NAME" => c.key_vault_names.client_secret.clone(),
+            "ITSMC_SYNC_KINDS" => c.sync_kinds.as_ref().map(|kinds| kinds.join(",")).or_else(|| lookup(name)),
+            // Settings of the whole app, not of one connection.
+            crate::secrets::MANAGED_IDENTITY_CLIENT_ID_SETTING => lookup(name),
             other => c.settings.get(&other.strip_prefix("ITSMC_")?.to_ascii_lowercase()).cloned(),
         }
     };
@@ -471,6 +477,7 @@ fn file_product<T>(
             "ITSMC_WORK_ITEM_TYPE" => "work_item_type".into(),
             "ITSMC_PASSWORD_SECRET_NAME" => "key_vault_names.password".into(),
             "ITSMC_CLIENT_SECRET_SECRET_NAME" => "key_vault_names.client_secret".into(),
+            "ITSMC_SYNC_KINDS" => "sync_kinds".into(),
             other => format!("settings.{}", other.trim_start_matches("ITSMC_").to_ascii_lowercase()),
         };
         invalid(format!("{at}.{key}"), e.message)
@@ -632,10 +639,11 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
         Some("cherwell") => {
             Product::Cherwell(Box::new(crate::itsm::cherwell::settings_from_lookup(lookup, &name, vault)?))
         }
+        Some("provance") => Product::Provance(crate::itsm::provance::settings_from_lookup(lookup, &name, vault)?),
         Some(other) => {
             return Err(invalid(
                 "ITSMC_PRODUCT",
-                format!("'{other}' is not supported; use servicenow, cherwell, scsm or dry-run"),
+                format!("'{other}' is not supported; use servicenow, cherwell, provance, scsm or dry-run"),
             ));
         }
     };
@@ -828,10 +836,15 @@ fn connections_from_toml(
                 "Cherwell",
                 |read| crate::itsm::cherwell::settings_from_lookup(&read, &c.name, vault),
             )?)),
+            "provance" => {
+                Product::Provance(file_product(&c, &at, lookup, crate::itsm::provance::SETTINGS, "Provance", |read| {
+                    crate::itsm::provance::settings_from_lookup(&read, &c.name, vault)
+                })?)
+            }
             other => {
                 return Err(invalid(
                     format!("{at}.product"),
-                    format!("'{other}' is not supported; use servicenow, cherwell, scsm or dry-run"),
+                    format!("'{other}' is not supported; use servicenow, cherwell, provance, scsm or dry-run"),
                 ));
             }
         };

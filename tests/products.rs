@@ -25,6 +25,7 @@ fn products() -> Vec<Box<dyn EmulatedItsm>> {
         Box::new(ServiceNowEmulator::start(EmulatorConfig::default())),
         Box::new(ScsmEmulator::start(ScsmConfig::default())),
         Box::new(support::cherwell::CherwellEmulator::start(support::cherwell::EmulatorConfig::default())),
+        Box::new(support::provance::ProvanceEmulator::start()),
     ]
 }
 

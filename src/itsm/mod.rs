@@ -4,6 +4,7 @@
 
 pub mod cherwell;
 pub mod dry_run;
+pub mod provance;
 pub mod scsm;
 pub mod servicenow;
 
@@ -159,5 +160,6 @@ pub fn connect(
         Product::ServiceNow(settings) => Arc::new(servicenow::ServiceNow::new(connection, settings, client, vault)),
         Product::Scsm(settings) => Arc::new(scsm::Scsm::new(connection, settings, client, vault)),
         Product::Cherwell(settings) => Arc::new(cherwell::Cherwell::new(connection, settings, client, vault)),
+        Product::Provance(settings) => Arc::new(provance::Provance::new(connection, settings, client, vault)),
     }
 }
