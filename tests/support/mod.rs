@@ -24,6 +24,7 @@ pub mod tls;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.
 #[allow(dead_code)]
 pub mod logs_ingestion;
+#[allow(dead_code)]
 pub mod provance;
 #[allow(dead_code)]
 pub mod scsm;
