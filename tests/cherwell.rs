@@ -737,7 +737,7 @@ fn bad_cherwell_settings_name_the_setting() {
     let e = error(&[("ITSMC_CHERWELL_SYNC_FIELDS", "Nonsense_s=X")]);
     assert!(e.starts_with("ITSMC_CHERWELL_SYNC_FIELDS: 'Nonsense_s'"), "{e}");
     assert!(error(&[("ITSMC_CHERWELL_SYNC_FIELDS", "Title_s")]).contains("is not Column=Field"));
-    assert!(error(&[("ITSMC_PRODUCT", "remedy")]).contains("use servicenow, cherwell or dry-run"));
+    assert!(error(&[("ITSMC_PRODUCT", "remedy")]).contains("use servicenow, cherwell, provance, scsm or dry-run"));
 }
 
 fn with_file(text: &str, extra: &[(&str, &str)]) -> Result<Config, itsmc::config::ConfigError> {
@@ -788,13 +788,14 @@ caller_id = "Azure Monitor"
         with_file(&file("[connections.settings]\ncherwell_auth_mode = \"Kerberos\"\n"), &[]).unwrap_err().to_string();
     assert!(e.contains("connections[0] (csm).settings.cherwell_auth_mode") && e.contains("Kerberos"), "{e}");
     let e = with_file(&file("[connections.settings]\ncherwell_colour = \"blue\"\n"), &[]).unwrap_err().to_string();
-    assert!(e.contains("settings.cherwell_colour") && e.contains("is not a Cherwell setting"), "{e}");
+    assert!(e.contains("settings.cherwell_colour") && e.contains("not a Cherwell setting"), "{e}");
     let e = with_file(&file("work_item_type = \"Event\"\n"), &[]).unwrap_err().to_string();
     assert!(e.contains("connections[0] (csm).work_item_type") && e.contains("no Event work items"), "{e}");
     let e = with_file(&file("").replace("client_id = \"k\"\n", ""), &[]).unwrap_err().to_string();
     assert!(e.contains("connections[0] (csm).client_id"), "{e}");
-    let e = with_file(&file("").replace("product = \"cherwell\"", "product = \"scsm\""), &[]).unwrap_err().to_string();
-    assert!(e.contains("use servicenow, cherwell or dry-run"), "{e}");
+    let e =
+        with_file(&file("").replace("product = \"cherwell\"", "product = \"remedy\""), &[]).unwrap_err().to_string();
+    assert!(e.contains("use servicenow, cherwell, provance, scsm or dry-run"), "{e}");
 }
 
 #[test]

@@ -512,7 +512,7 @@ fn bad_provance_settings_name_the_setting() {
         assert!(error.message.contains(says), "{changes:?}: {error}");
     }
     let error = config(&with(&[("ITSMC_PRODUCT", "cherwel")])).unwrap_err();
-    assert!(error.message.contains("servicenow, provance or dry-run"), "{error}");
+    assert!(error.message.contains("servicenow, cherwell, provance, scsm or dry-run"), "{error}");
 }
 
 #[test]
