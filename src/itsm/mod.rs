@@ -54,6 +54,26 @@ pub enum ItsmError {
 }
 
 impl ItsmError {
+    /// What an HTTP status from a product means for the outbox, the same for every product: `refused` is what
+    /// to say after `message` when the product refused the credentials (401) or their rights (403).
+    pub fn from_status(status: u16, retry_after: Option<Duration>, message: String, refused: [&str; 2]) -> ItsmError {
+        match status {
+            401 => ItsmError::Auth(format!("{message}; {}", refused[0])),
+            403 => ItsmError::Auth(format!("{message}; {}", refused[1])),
+            404 => ItsmError::NotFound(message),
+            408 | 429 | 500..=599 => ItsmError::Transient { message, retry_after },
+            _ => ItsmError::Rejected(message),
+        }
+    }
+
+    /// The product could not be reached, or the connection broke: try again later.
+    pub fn transport(product: &str, what: &str, error: &reqwest::Error) -> ItsmError {
+        ItsmError::Transient {
+            message: format!("{product}: {what}: {}", crate::http::failure(error)),
+            retry_after: None,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, ItsmError::Transient { .. } | ItsmError::Auth(_))
     }
@@ -80,6 +100,13 @@ impl Diagnosis {
     }
     pub fn problem(code: &str, message: impl Into<String>) -> Diagnosis {
         Diagnosis { ok: false, code: code.into(), message: message.into() }
+    }
+    /// `url` could not be reached: what failed, and the setting to check.
+    pub fn unreachable(url: &str, error: &reqwest::Error) -> Diagnosis {
+        Diagnosis::problem(
+            "unreachable",
+            format!("{url}: {}; check ITSMC_URL and that this host can reach it", crate::http::failure(error)),
+        )
     }
 }
 

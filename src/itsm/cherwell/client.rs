@@ -165,23 +165,21 @@ pub fn classify(answer: &Answer, what: &str) -> Failure {
     if is_stale(&code) {
         return Failure::Stale(message);
     }
-    let error = match (answer.status, code.as_str()) {
-        (401, _) => ItsmError::Auth(format!("{message}; check the connection's user, password and client key")),
-        (403, _) | (_, "INSUFFICIENTRIGHTS") => ItsmError::Auth(format!(
-            "{message}; give the user's security group rights to view, add and edit the business object"
-        )),
-        (404, _) | (_, "RECORDNOTFOUND") => ItsmError::NotFound(message),
-        (408 | 429 | 500..=599, _) => ItsmError::Transient { message, retry_after: answer.retry_after },
-        _ => ItsmError::Rejected(message),
+    // CSM names some refusals in its body whatever the status.
+    let status = match code.as_str() {
+        "INSUFFICIENTRIGHTS" => 403,
+        "RECORDNOTFOUND" => 404,
+        _ => answer.status,
     };
-    Failure::Itsm(error)
+    let refused = [
+        "check the connection's user, password and client key",
+        "give the user's security group rights to view, add and edit the business object",
+    ];
+    Failure::Itsm(ItsmError::from_status(status, answer.retry_after, message, refused))
 }
 
 pub fn transport_error(what: &str, error: &reqwest::Error) -> Failure {
-    Failure::Itsm(ItsmError::Transient {
-        message: format!("Cherwell: {what}: {}", crate::http::failure(error)),
-        retry_after: None,
-    })
+    Failure::Itsm(ItsmError::transport("Cherwell", what, error))
 }
 
 #[cfg(test)]

@@ -144,16 +144,7 @@ impl Client {
         };
         let response = match sent {
             Ok(response) => response,
-            Err(e) => {
-                return Diagnosis::problem(
-                    "unreachable",
-                    format!(
-                        "{}: {}; check ITSMC_URL and that this host can reach it",
-                        self.url,
-                        crate::http::failure(&e)
-                    ),
-                );
-            }
+            Err(e) => return Diagnosis::unreachable(&self.url, &e),
         };
         let status = response.status().as_u16();
         let retry = retry_after(response.headers());
@@ -220,26 +211,19 @@ pub fn error_text(body: &str) -> String {
 
 fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str, who: &str) -> ItsmError {
     let message = format!("Dataverse answered {what} with HTTP {status}: {}", error_text(body));
-    match status {
-        401 => ItsmError::Auth(format!(
-            "{message}; Dataverse refused {who}'s token even after signing in anew: check the tenant and that the \
-             app is registered in this environment's tenant"
-        )),
-        403 => ItsmError::Auth(format!(
-            "{message}; {who} needs an application user in the environment with a security role that creates and \
-             writes cases and notes"
-        )),
-        404 => ItsmError::NotFound(message),
-        408 | 429 | 500..=599 => ItsmError::Transient { message, retry_after },
-        _ => ItsmError::Rejected(message),
-    }
+    let expired = format!(
+        "Dataverse refused {who}'s token even after signing in anew: check the tenant and that the app is \
+         registered in this environment's tenant"
+    );
+    let no_role = format!(
+        "{who} needs an application user in the environment with a security role that creates and writes cases \
+         and notes"
+    );
+    ItsmError::from_status(status, retry_after, message, [&expired, &no_role])
 }
 
 pub fn transport_error(request: &Request, error: &reqwest::Error) -> ItsmError {
-    ItsmError::Transient {
-        message: format!("Dataverse: {}: {}", describe(request), crate::http::failure(error)),
-        retry_after: None,
-    }
+    ItsmError::transport("Dataverse", &describe(request), error)
 }
 
 #[cfg(test)]

@@ -111,14 +111,7 @@ impl Client {
             Err(failure) => failure,
         };
         Err(match failure {
-            Failure::Transport(e) => Diagnosis::problem(
-                "unreachable",
-                format!(
-                    "{}: {}; check ITSMC_URL and that this host can reach the portal",
-                    self.base_url,
-                    crate::http::failure(&e)
-                ),
-            ),
+            Failure::Transport(e) => Diagnosis::unreachable(&self.base_url, &e),
             Failure::SignIn(SignInError::Refused(status, reason)) => Diagnosis::problem(
                 "wrong_credentials",
                 format!(
@@ -209,22 +202,13 @@ pub fn error_text(body: &str) -> String {
 
 pub fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str) -> ItsmError {
     let message = format!("the Cireson portal answered {what} with HTTP {status}: {}", error_text(body));
-    match status {
-        401 | 403 => ItsmError::Auth(format!(
-            "{message}; check the connection's user name and password, and that the user is a portal analyst with \
-             rights on incidents"
-        )),
-        404 => ItsmError::NotFound(message),
-        408 | 429 | 500..=599 => ItsmError::Transient { message, retry_after },
-        _ => ItsmError::Rejected(message),
-    }
+    let refused = "check the connection's user name and password, and that the user is a portal analyst with \
+                   rights on incidents";
+    ItsmError::from_status(status, retry_after, message, [refused, refused])
 }
 
 pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
-    ItsmError::Transient {
-        message: format!("Cireson portal: {what}: {}", crate::http::failure(error)),
-        retry_after: None,
-    }
+    ItsmError::transport("Cireson portal", what, error)
 }
 
 #[cfg(test)]

@@ -110,16 +110,7 @@ impl Client {
             };
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(e) => {
-                    return Diagnosis::problem(
-                        "unreachable",
-                        format!(
-                            "{}: {}; check ITSMC_URL and that this host can reach it",
-                            self.base_url,
-                            crate::http::failure(&e)
-                        ),
-                    );
-                }
+                Err(e) => return Diagnosis::unreachable(&self.base_url, &e),
             };
             let status = response.status().as_u16();
             if status == 401 && self.auth.is_oauth() && !renewed {
@@ -197,18 +188,12 @@ fn error_text(body: &str) -> String {
 
 fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str) -> ItsmError {
     let message = format!("ServiceNow answered {what} with HTTP {status}: {}", error_text(body));
-    match status {
-        401 | 403 => ItsmError::Auth(format!(
-            "{message}; check the connection's user name and password, and that the user has the itil role"
-        )),
-        404 => ItsmError::NotFound(message),
-        408 | 429 | 500..=599 => ItsmError::Transient { message, retry_after },
-        _ => ItsmError::Rejected(message),
-    }
+    let refused = "check the connection's user name and password, and that the user has the itil role";
+    ItsmError::from_status(status, retry_after, message, [refused, refused])
 }
 
 pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
-    ItsmError::Transient { message: format!("ServiceNow: {what}: {}", crate::http::failure(error)), retry_after: None }
+    ItsmError::transport("ServiceNow", what, error)
 }
 
 #[cfg(test)]
