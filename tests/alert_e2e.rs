@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::harness::{Itsmc, eventually, fixture};
+use support::harness::{Itsmc, eventually, fixture, metric_alert};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 
 const USER: &str = "itsmc.integration";
@@ -32,26 +32,12 @@ async fn itsmc_basic(sn: &ServiceNowEmulator, extra: &[(&str, &str)]) -> Itsmc {
     Itsmc::start(&settings).await
 }
 
-/// The common-schema test metric alert, with its essentials changed as a test needs.
-fn metric_alert(alert_id: &str, condition: &str, fired: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!(fired);
-    essentials["severity"] = json!("Sev3");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
-}
-
 fn fired(alert_id: &str, at: &str) -> String {
-    metric_alert(alert_id, "Fired", at)
+    metric_alert(alert_id, "Fired", at, "Sev3")
 }
 
 fn resolved(alert_id: &str, at: &str) -> String {
-    metric_alert(alert_id, "Resolved", at)
+    metric_alert(alert_id, "Resolved", at, "Sev3")
 }
 
 fn incidents(sn: &ServiceNowEmulator) -> Vec<serde_json::Map<String, Value>> {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use support::cherwell::{
     CherwellEmulator, DEFAULT_CLIENT_ID, DEFAULT_CUSTOMER, DEFAULT_PASSWORD, DEFAULT_USERNAME, EmulatorConfig, Rights,
 };
-use support::harness::{Itsmc, eventually, fixture};
+use support::harness::{Itsmc, eventually, fixture, metric_alert};
 use support::itsm::EmulatedItsm;
 
 fn emulator() -> CherwellEmulator {
@@ -34,25 +34,12 @@ async fn itsmc(csm: &CherwellEmulator, extra: &[(&str, &str)]) -> Itsmc {
     Itsmc::start(&pairs).await
 }
 
-fn metric_alert(alert_id: &str, condition: &str, fired: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!(fired);
-    essentials["severity"] = json!("Sev3");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
-}
-
 fn fired(alert_id: &str, at: &str) -> String {
-    metric_alert(alert_id, "Fired", at)
+    metric_alert(alert_id, "Fired", at, "Sev3")
 }
 
 fn resolved(alert_id: &str) -> String {
-    metric_alert(alert_id, "Resolved", "2026-11-25T12:00:00Z")
+    metric_alert(alert_id, "Resolved", "2026-11-25T12:00:00Z", "Sev3")
 }
 
 fn incident(csm: &CherwellEmulator, rec_id: &str) -> HashMap<String, String> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use support::entra::{self, EntraEmulator};
-use support::harness::{eventually, fixture, free_port};
+use support::harness::{eventually, fixture, free_port, metric_alert};
 use support::identity::TokenRegistry;
 use support::lambda_runtime::{LambdaRuntime, Outcome};
 use support::logs_ingestion::LogsIngestionEmulator;
@@ -160,18 +160,6 @@ fn comparable(value: &Value, sn_url: &str) -> Value {
     }
 }
 
-fn metric_alert(alert_id: &str, condition: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!("2026-11-25T12:00:00.000Z");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
-}
-
 #[tokio::test]
 async fn function_url_events_get_the_same_answers_as_the_server() {
     let runtime = LambdaRuntime::start();
@@ -179,11 +167,15 @@ async fn function_url_events_get_the_same_answers_as_the_server() {
     let _function = bootstrap(&runtime, &settings(&sn_lambda, &[]));
     let (_server, url) = server(&settings(&sn_server, &[])).await;
 
-    let fired = metric_alert("lambda-1", "Fired");
+    let fired = metric_alert("lambda-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4");
     let steps: Vec<(&str, &str, String)> = vec![
         ("POST", "/api/alert", fired.clone()),
         ("POST", "/api/alert", fired.clone()),
-        ("POST", "/api/alert?connection=default", metric_alert("lambda-1", "Resolved")),
+        (
+            "POST",
+            "/api/alert?connection=default",
+            metric_alert("lambda-1", "Resolved", "2026-11-25T12:00:00.000Z", "Sev4"),
+        ),
         ("POST", "/api/alert", "{\"schemaId\": \"azureMonitorCommonAlertSchema\"".into()),
         ("POST", "/api/alert?connection=nowhere", fired.clone()),
         ("GET", "/api/alert", String::new()),
@@ -216,7 +208,7 @@ async fn an_api_gateway_event_with_a_base64_body_creates_the_incident() {
     let sn = emulator();
     let _function = bootstrap(&runtime, &settings(&sn, &[]));
     let mut event: Value = serde_json::from_str(&fixture("aws/apigw-v2-http-request.json")).unwrap();
-    let body = metric_alert("apigw-1", "Fired");
+    let body = metric_alert("apigw-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4");
     event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(&body));
     event["headers"]["content-length"] = json!(body.len().to_string());
 
@@ -238,7 +230,16 @@ async fn the_schedule_delivers_what_waited_and_syncs_incidents() {
     // ServiceNow is down when the alert comes: it waits in the outbox (Lambda runs no worker in between).
     sn.set_down(true);
     let (status, answer) = http_answer(
-        runtime.invoke(&function_url_event("POST", "/api/alert", &metric_alert("sched-1", "Fired")), WAIT).await,
+        runtime
+            .invoke(
+                &function_url_event(
+                    "POST",
+                    "/api/alert",
+                    &metric_alert("sched-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4"),
+                ),
+                WAIT,
+            )
+            .await,
     );
     assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
     sn.set_down(false);
@@ -266,7 +267,7 @@ async fn the_api_key_guards_every_route_but_readiness() {
     let runtime = LambdaRuntime::start();
     let sn = emulator();
     let _function = bootstrap(&runtime, &settings(&sn, &[("ITSMC_API_KEY", API_KEY)]));
-    let alert = metric_alert("key-1", "Fired");
+    let alert = metric_alert("key-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4");
 
     let (status, refused) = http_answer(runtime.invoke(&function_url_event("POST", "/api/alert", &alert), WAIT).await);
     assert_eq!((status, refused["error"]["code"].as_str()), (401, Some("unauthorized")), "{refused}");
@@ -295,7 +296,8 @@ async fn a_delivery_past_its_budget_is_left_to_the_outbox_not_finished_frozen() 
     let settings = settings(&sn, &[("ITSMC_ALERT_BUDGET_MS", "300"), ("ITSMC_OUTBOX_LEASE_SECS", "4")]);
     let _function = bootstrap(&runtime, &settings);
     sn.set_latency(Duration::from_millis(600));
-    let alert = function_url_event("POST", "/api/alert", &metric_alert("slow-1", "Fired"));
+    let alert =
+        function_url_event("POST", "/api/alert", &metric_alert("slow-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4"));
     let (status, answer) = http_answer(runtime.invoke(&alert, WAIT).await);
     assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
     // Left running, the delivery would have looked up and created its incident within 1.3 s; on Lambda it
@@ -379,7 +381,8 @@ async fn on_aws_the_sync_and_the_connector_log_reach_logs_ingestion_with_a_clien
     ];
     let _function = bootstrap(&runtime, &settings(&sn, &aws));
 
-    let alert = function_url_event("POST", "/api/alert", &metric_alert("aws-1", "Fired"));
+    let alert =
+        function_url_event("POST", "/api/alert", &metric_alert("aws-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4"));
     let (status, answer) = http_answer(runtime.invoke(&alert, WAIT).await);
     assert_eq!((status, answer["action"].as_str()), (200, Some("created")), "{answer}");
     let log_rows = logs.rows("Custom-ServiceDeskLog_CL");

@@ -11,7 +11,7 @@ use chrono::Utc;
 use itsmc::ingest::Sink;
 use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
 use serde_json::{Value, json};
-use support::harness::{Itsmc, eventually, fixture};
+use support::harness::{Itsmc, eventually, metric_alert};
 use support::identity::{EndpointCredential, IdentityConfig, IdentityEmulator};
 use support::itsm::EmulatedItsm;
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_STREAM};
@@ -36,33 +36,23 @@ async fn itsmc_for(product: &dyn EmulatedItsm, extra: &[(&str, &str)]) -> Itsmc 
     Itsmc::start(&env).await
 }
 
-fn alert(alert_id: &str, condition: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!("2026-11-25T12:00:00.000Z");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
-}
-
 #[tokio::test]
 async fn fire_refire_resolve_make_one_work_item_per_problem() {
     for product in products() {
         let name = product.product();
         let itsmc = itsmc_for(product.as_ref(), &[]).await;
-        let (status, created) = itsmc.alert("", &alert("p-1", "Fired")).await;
+        let (status, created) =
+            itsmc.alert("", &metric_alert("p-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         assert_eq!((status, created["action"].as_str()), (200, Some("created")), "{name}: {created}");
         let items = product.items("Incident");
         assert_eq!(items.len(), 1, "{name}");
         assert!(items[0].open && !items[0].correlation.is_empty(), "{name}: {items:?}");
         assert_eq!(created["workItems"][0]["id"], items[0].id.as_str(), "{name}: the answer names the work item");
 
-        let (_, again) = itsmc.alert("", &alert("p-1", "Fired")).await;
+        let (_, again) = itsmc.alert("", &metric_alert("p-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         assert_eq!(again["action"], "duplicate", "{name}: the same delivery twice: {again}");
-        let mut refired: Value = serde_json::from_str(&alert("p-1", "Fired")).unwrap();
+        let mut refired: Value =
+            serde_json::from_str(&metric_alert("p-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).unwrap();
         refired["data"]["essentials"]["firedDateTime"] = json!("2026-11-25T12:05:00.000Z");
         let (_, updated) = itsmc.alert("", &refired.to_string()).await;
         assert_eq!(updated["action"], "updated", "{name}: {updated}");
@@ -70,7 +60,7 @@ async fn fire_refire_resolve_make_one_work_item_per_problem() {
         assert_eq!(items.len(), 1, "{name}: a re-fire makes no second work item");
         assert!(!items[0].notes.is_empty(), "{name}: the re-fire is noted: {items:?}");
 
-        let (_, resolved) = itsmc.alert("", &alert("p-1", "Resolved")).await;
+        let (_, resolved) = itsmc.alert("", &metric_alert("p-1", "Resolved", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         assert_eq!(resolved["action"], "resolved", "{name}: {resolved}");
         let items = product.items("Incident");
         assert_eq!(items.len(), 1, "{name}: a resolve never makes a second work item");
@@ -83,10 +73,11 @@ async fn a_refire_after_a_person_closed_it_opens_a_new_one() {
     for product in products() {
         let name = product.product();
         let itsmc = itsmc_for(product.as_ref(), &[]).await;
-        itsmc.alert("", &alert("p-2", "Fired")).await;
+        itsmc.alert("", &metric_alert("p-2", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         let first = product.items("Incident")[0].id.clone();
         product.close(&first);
-        let mut refired: Value = serde_json::from_str(&alert("p-2", "Fired")).unwrap();
+        let mut refired: Value =
+            serde_json::from_str(&metric_alert("p-2", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).unwrap();
         refired["data"]["essentials"]["firedDateTime"] = json!("2026-11-25T13:00:00.000Z");
         let (_, answer) = itsmc.alert("", &refired.to_string()).await;
         assert_eq!(answer["action"], "created", "{name}: {answer}");
@@ -103,7 +94,7 @@ async fn the_product_down_queues_then_creates_once_when_back() {
         let name = product.product();
         let itsmc = itsmc_for(product.as_ref(), &[("ITSMC_ALERT_BUDGET_MS", "500")]).await;
         product.set_down(true);
-        let body = alert("p-3", "Fired");
+        let body = metric_alert("p-3", "Fired", "2026-11-25T12:00:00.000Z", "Sev4");
         let (status, answer) = itsmc.alert("", &body).await;
         assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{name}: {answer}");
         let (_, again) = itsmc.alert("", &body).await;

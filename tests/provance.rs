@@ -16,7 +16,7 @@ use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
 use itsmc::sync::run::KindReport;
 use itsmc::sync::{Request, Syncer};
 use serde_json::{Map, Value, json};
-use support::harness::{Itsmc, eventually, fixture, free_port};
+use support::harness::{Itsmc, eventually, free_port, metric_alert};
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_STREAM};
 use support::provance::{
     self, ACCOUNT_ID, APP_ID, APP_SECRET, CHANGE_SET, CI_FIELD, CORRELATION_FIELD, ProvanceEmulator,
@@ -34,26 +34,12 @@ async fn itsmc(dataverse: &ProvanceEmulator, extra: &[(&str, &str)]) -> Itsmc {
     Itsmc::start(&pairs).await
 }
 
-/// The common-schema test metric alert, with its essentials changed as a test needs.
-fn metric_alert(alert_id: &str, condition: &str, fired: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!(fired);
-    essentials["severity"] = json!("Sev1");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
-}
-
 fn fired(alert_id: &str, at: &str) -> String {
-    metric_alert(alert_id, "Fired", at)
+    metric_alert(alert_id, "Fired", at, "Sev1")
 }
 
 fn resolved(alert_id: &str) -> String {
-    metric_alert(alert_id, "Resolved", "2026-11-25T12:00:00Z")
+    metric_alert(alert_id, "Resolved", "2026-11-25T12:00:00Z", "Sev1")
 }
 
 fn s<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Map, Value, json};
-use support::harness::{Itsmc, eventually, fixture, free_port};
+use support::harness::{Itsmc, eventually, free_port, metric_alert};
 use support::scsm::*;
 
 fn settings(portal: &ScsmEmulator) -> Vec<(String, String)> {
@@ -25,20 +25,6 @@ async fn itsmc(portal: &ScsmEmulator, extra: &[(&str, &str)]) -> Itsmc {
         env.push((name, value));
     }
     Itsmc::start(&env).await
-}
-
-/// The common-schema test metric alert, Sev3, with its essentials changed as a test needs.
-fn alert(alert_id: &str, condition: &str, fired: &str) -> String {
-    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
-    let essentials = &mut body["data"]["essentials"];
-    essentials["alertId"] = json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
-    essentials["monitorCondition"] = json!(condition);
-    essentials["firedDateTime"] = json!(fired);
-    essentials["severity"] = json!("Sev3");
-    if condition == "Resolved" {
-        essentials["resolvedDateTime"] = json!("2026-11-25T12:30:00.000Z");
-    }
-    body.to_string()
 }
 
 fn incidents(portal: &ScsmEmulator) -> Vec<Map<String, Value>> {
@@ -74,7 +60,7 @@ async fn an_alert_creates_an_incident_from_the_template_with_the_alerts_fields()
         ],
     )
     .await;
-    let (status, answer) = itsmc.alert("", &alert("s1", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (status, answer) = itsmc.alert("", &metric_alert("s1", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!((status, answer["action"].as_str()), (200, Some("created")), "{answer}");
     let item = &answer["workItems"][0];
     let number = item["number"].as_str().unwrap();
@@ -101,13 +87,13 @@ async fn an_alert_creates_an_incident_from_the_template_with_the_alerts_fields()
 async fn refire_comments_resolve_resolves_and_a_duplicate_does_nothing() {
     let portal = ScsmEmulator::start(ScsmConfig::default());
     let itsmc = itsmc(&portal, &[]).await;
-    let first = alert("s2", "Fired", "2026-11-25T12:00:00Z");
+    let first = metric_alert("s2", "Fired", "2026-11-25T12:00:00Z", "Sev3");
     let (_, created) = itsmc.alert("", &first).await;
     let id = created["workItems"][0]["id"].as_str().unwrap().to_string();
     let (_, duplicate) = itsmc.alert("", &first).await;
     assert_eq!(duplicate["action"], "duplicate", "{duplicate}");
 
-    let (status, updated) = itsmc.alert("", &alert("s2", "Fired", "2026-11-25T12:05:00Z")).await;
+    let (status, updated) = itsmc.alert("", &metric_alert("s2", "Fired", "2026-11-25T12:05:00Z", "Sev3")).await;
     assert_eq!((status, updated["action"].as_str()), (200, Some("updated")), "{updated}");
     assert_eq!(updated["workItems"][0]["id"], id.as_str());
     let incident = portal.work_item(&id).unwrap();
@@ -119,7 +105,7 @@ async fn refire_comments_resolve_resolves_and_a_duplicate_does_nothing() {
         (Some("Analyst Comment"), Some("itsmc service account"))
     );
 
-    let (status, resolved) = itsmc.alert("", &alert("s2", "Resolved", "2026-11-25T12:00:00Z")).await;
+    let (status, resolved) = itsmc.alert("", &metric_alert("s2", "Resolved", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!((status, resolved["action"].as_str()), (200, Some("resolved")), "{resolved}");
     let incident = portal.work_item(&id).unwrap();
     assert_eq!(enum_id(&incident, "Status"), STATUS_RESOLVED);
@@ -133,10 +119,10 @@ async fn refire_comments_resolve_resolves_and_a_duplicate_does_nothing() {
 async fn a_refire_after_an_analyst_resolved_it_opens_a_new_one_or_reopens_by_policy() {
     let portal = ScsmEmulator::start(ScsmConfig::default());
     let itsmc = itsmc(&portal, &[]).await;
-    let (_, first) = itsmc.alert("", &alert("s3", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (_, first) = itsmc.alert("", &metric_alert("s3", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     let id = first["workItems"][0]["id"].as_str().unwrap().to_string();
     portal.update(&id, json!({ "Status": { "Id": STATUS_CLOSED } }));
-    let (_, again) = itsmc.alert("", &alert("s3", "Fired", "2026-11-25T13:00:00Z")).await;
+    let (_, again) = itsmc.alert("", &metric_alert("s3", "Fired", "2026-11-25T13:00:00Z", "Sev3")).await;
     assert_eq!(again["action"], "created", "{again}");
     let all = incidents(&portal);
     assert_eq!(all.len(), 2);
@@ -144,13 +130,13 @@ async fn a_refire_after_an_analyst_resolved_it_opens_a_new_one_or_reopens_by_pol
 
     let reopening = ScsmEmulator::start(ScsmConfig::default());
     let itsmc = self::itsmc(&reopening, &[("ITSMC_REFIRE_AFTER_CLOSE", "reopen")]).await;
-    let (_, first) = itsmc.alert("", &alert("s4", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (_, first) = itsmc.alert("", &metric_alert("s4", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     let id = first["workItems"][0]["id"].as_str().unwrap().to_string();
     reopening.update(
         &id,
         json!({ "Status": { "Id": STATUS_RESOLVED }, "ResolutionCategory": { "Id": FIXED_BY_ANALYST }, "ResolutionDescription": "rebooted" }),
     );
-    let (_, again) = itsmc.alert("", &alert("s4", "Fired", "2026-11-25T13:00:00Z")).await;
+    let (_, again) = itsmc.alert("", &metric_alert("s4", "Fired", "2026-11-25T13:00:00Z", "Sev3")).await;
     assert_eq!(again["action"], "updated", "{again}");
     let incident = reopening.work_item(&id).unwrap();
     assert_eq!(enum_id(&incident, "Status"), STATUS_ACTIVE);
@@ -167,7 +153,7 @@ async fn the_portal_down_queues_then_creates_once_and_a_rate_limit_is_waited_out
     let portal = ScsmEmulator::start(ScsmConfig::default());
     let itsmc = itsmc(&portal, &[("ITSMC_ALERT_BUDGET_MS", "500")]).await;
     portal.set_down(true);
-    let body = alert("s5", "Fired", "2026-11-25T12:00:00Z");
+    let body = metric_alert("s5", "Fired", "2026-11-25T12:00:00Z", "Sev3");
     let (status, answer) = itsmc.alert("", &body).await;
     assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
     let (_, listed) = itsmc.get("/api/workitems").await;
@@ -179,7 +165,7 @@ async fn the_portal_down_queues_then_creates_once_and_a_rate_limit_is_waited_out
 
     portal.fail_next(1, 429, Some(1));
     let started = std::time::Instant::now();
-    let (status, _) = itsmc.alert("", &alert("s6", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (status, _) = itsmc.alert("", &metric_alert("s6", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!(status, 202);
     assert!(eventually(10, || incidents(&portal).len() == 2).await);
     assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After: 1 was honoured");
@@ -192,7 +178,7 @@ async fn a_slow_portal_answers_within_the_budget_and_the_work_finishes() {
     let portal = ScsmEmulator::start(ScsmConfig { latency: Duration::from_millis(250), ..ScsmConfig::default() });
     let itsmc = itsmc(&portal, &[("ITSMC_ALERT_BUDGET_MS", "400")]).await;
     let started = std::time::Instant::now();
-    let (status, answer) = itsmc.alert("", &alert("s8", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (status, answer) = itsmc.alert("", &metric_alert("s8", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
     assert!(started.elapsed() < Duration::from_millis(1_000), "answered within the budget");
     assert!(eventually(15, || incidents(&portal).len() == 1).await, "the work went on");
@@ -205,10 +191,11 @@ async fn a_slow_portal_answers_within_the_budget_and_the_work_finishes() {
 async fn an_expired_token_is_renewed_once_for_a_storm() {
     let portal = ScsmEmulator::start(ScsmConfig::default());
     let itsmc = itsmc(&portal, &[]).await;
-    itsmc.alert("", &alert("t0", "Fired", "2026-11-25T12:00:00Z")).await;
+    itsmc.alert("", &metric_alert("t0", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!(portal.sign_ins(), 1);
     portal.expire_tokens();
-    let storm: Vec<_> = (0..12).map(|i| alert(&format!("t{}", i + 1), "Fired", "2026-11-25T12:00:00Z")).collect();
+    let storm: Vec<_> =
+        (0..12).map(|i| metric_alert(&format!("t{}", i + 1), "Fired", "2026-11-25T12:00:00Z", "Sev3")).collect();
     let answers = futures_util::future::join_all(storm.iter().map(|body| itsmc.alert("", body))).await;
     for (status, answer) in &answers {
         assert_eq!((*status, answer["action"].as_str()), (200, Some("created")), "{answer}");
@@ -222,7 +209,7 @@ async fn a_change_scsm_refuses_is_dead_lettered() {
     let portal = ScsmEmulator::start(ScsmConfig::default());
     // A classification id this SCSM does not have: every commit of a new incident is refused.
     let itsmc = itsmc(&portal, &[("ITSMC_SCSM_CLASSIFICATION_ID", "0d0d0d0d-0000-4000-8000-000000000000")]).await;
-    let (status, answer) = itsmc.alert("", &alert("s7", "Fired", "2026-11-25T12:00:00Z")).await;
+    let (status, answer) = itsmc.alert("", &metric_alert("s7", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (502, Some("itsm_rejected")), "{answer}");
     assert!(answer.to_string().contains("is not a value of the enumeration"), "SCSM's reason: {answer}");
     let (_, listed) = itsmc.get("/api/workitems").await;

@@ -35,6 +35,22 @@ pub fn fixture(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
+/// The common-schema test metric alert with the essentials a test sets: its id, `Fired` or `Resolved`, when it
+/// fired and its severity (`Sev0` to `Sev4`).
+pub fn metric_alert(alert_id: &str, condition: &str, fired: &str, severity: &str) -> String {
+    let mut body: Value = serde_json::from_str(&fixture("azure-monitor/cas-test-metric-static-fired.json")).unwrap();
+    let essentials = &mut body["data"]["essentials"];
+    essentials["alertId"] =
+        serde_json::json!(format!("/subscriptions/s1/providers/Microsoft.AlertsManagement/alerts/{alert_id}"));
+    essentials["monitorCondition"] = serde_json::json!(condition);
+    essentials["firedDateTime"] = serde_json::json!(fired);
+    essentials["severity"] = serde_json::json!(severity);
+    if condition == "Resolved" {
+        essentials["resolvedDateTime"] = serde_json::json!("2026-11-25T12:30:00.000Z");
+    }
+    body.to_string()
+}
+
 /// A port nothing listens on now, for a process that binds it itself.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
