@@ -85,6 +85,42 @@ impl ItsmError {
     }
 }
 
+/// A refused sign-in, remembered for a while: every queued retry signing in again with a refused password
+/// would lock a directory account (LDAP, Windows, `DOMAIN\user`) within minutes. Products that sign in with a
+/// password call [`SignInGuard::check`] before each sign-in, [`SignInGuard::refused`] when the product refuses
+/// it, and [`SignInGuard::clear`] when one succeeds or the secret changed (a Key Vault reload).
+#[derive(Debug, Default)]
+pub struct SignInGuard {
+    refused: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl SignInGuard {
+    /// How long a refusal stands before itsmc tries the same credentials again.
+    pub const COOLDOWN: Duration = Duration::from_secs(600);
+
+    /// `Err(Auth)` while a refusal stands, naming it and when the next attempt comes.
+    pub fn check(&self) -> Result<(), ItsmError> {
+        let refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*refused {
+            Some((at, reason)) if at.elapsed() < Self::COOLDOWN => Err(ItsmError::Auth(format!(
+                "{reason}; not signing in again for {} s, so that retries do not lock the account (a changed \
+                 secret in Key Vault is tried at once)",
+                (Self::COOLDOWN - at.elapsed()).as_secs()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn refused(&self, reason: &str) {
+        *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), reason.to_string()));
+    }
+
+    pub fn clear(&self) {
+        *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
 /// What a connection test found: `code` is stable (`ok`, `wrong_credentials`, `missing_role`, `hibernating`,
 /// `unreachable`, `rate_limited`, `unavailable`, `unexpected`); `message` says what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -142,6 +178,7 @@ pub trait Connector: Send + Sync {
     /// Whether a person or process has resolved or closed it since (a deleted one is not active).
     async fn is_active(&self, item: &WorkItem) -> Result<bool, ItsmError>;
     async fn add_note(&self, item: &WorkItem, content: &Content, note: &str) -> Result<(), ItsmError>;
+    /// Resolve the work item; one a person already resolved or closed is left as they left it (success).
     async fn resolve(
         &self,
         item: &WorkItem,
