@@ -439,14 +439,15 @@ fn file_product<T>(
     product: &str,
     parse: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<T, ConfigError>,
 ) -> Result<T, ConfigError> {
-    if let Some(key) =
-        c.settings.keys().find(|key| !known.contains(&format!("ITSMC_{}", key.to_ascii_uppercase()).as_str()))
-    {
-        let allowed: Vec<String> = known.iter().map(|name| name["ITSMC_".len()..].to_ascii_lowercase()).collect();
-        return Err(invalid(
-            format!("{at}.settings.{key}"),
-            format!("not a {product} setting; use {}", allowed.join(", ")),
-        ));
+    let allowed: Vec<String> = known.iter().map(|name| name["ITSMC_".len()..].to_ascii_lowercase()).collect();
+    if let Some(key) = c.settings.keys().find(|key| !allowed.contains(key)) {
+        // TOML keys are case-sensitive, like the file's other keys: `Cherwell_Auth_Mode` would never be read.
+        let hint = if allowed.contains(&key.to_ascii_lowercase()) {
+            format!("write it in lower case: {}", key.to_ascii_lowercase())
+        } else {
+            format!("not a {product} setting; use {}", allowed.join(", "))
+        };
+        return Err(invalid(format!("{at}.settings.{key}"), hint));
     }
     let password = secret_from(lookup, &format!("{at}.password"), c.password.clone(), c.password_env.clone())?;
     let client_secret =

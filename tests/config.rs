@@ -154,6 +154,13 @@ fn toml_errors_name_the_connection_and_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("Sev9"), "{e}");
+    // A product's settings table: its own names, in lower case like every other key of the file.
+    let scsm = "[[connections]]\nname = \"sm\"\nproduct = \"scsm\"\nurl = \"https://portal.contoso.com\"\nusername = \"CONTOSO\\\\itsmc\"\npassword = \"p\"\n[connections.settings]\n";
+    let e = with_file(&format!("{scsm}SCSM_Language_Code = \"DEU\"\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("settings.SCSM_Language_Code") && e.contains("lower case: scsm_language_code"), "{e}");
+    let e = with_file(&format!("{scsm}cherwell_auth_mode = \"LDAP\"\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("not a SCSM setting") && e.contains("scsm_language_code"), "{e}");
+    assert!(with_file(&format!("{scsm}scsm_language_code = \"DEU\"\n"), &[]).is_ok());
 }
 
 #[test]
