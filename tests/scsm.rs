@@ -407,3 +407,104 @@ settings = { scsm_resolution_category_id = "fixed" }
         .unwrap_err();
     assert!(no_url.setting.ends_with("connections[0] (ops).url"), "{no_url:?}");
 }
+
+fn commits(portal: &ScsmEmulator) -> usize {
+    portal.requests().iter().filter(|r| r.path.ends_with("/Projection/Commit")).count()
+}
+
+/// An analyst saving the incident between itsmc's read and its commit is SCSM's concurrency check, not a refusal
+/// of the change: the resolve waits in the outbox and goes through once the analyst is done.
+#[tokio::test]
+async fn a_resolve_that_collides_with_an_analysts_edits_stays_pending_until_it_goes_through() {
+    let portal = ScsmEmulator::start(ScsmConfig::default());
+    let itsmc = itsmc(&portal, &[("ITSMC_OUTBOX_BACKOFF_MS", "200")]).await;
+    let (_, created) = itsmc.alert("", &metric_alert("c1", "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
+    let id = created["workItems"][0]["id"].as_str().unwrap().to_string();
+    // Every attempt reads, commits, collides, reads again and collides again: three attempts' worth.
+    portal.race_commits(6);
+    let (status, answer) = itsmc.alert("", &metric_alert("c1", "Resolved", "2026-11-25T12:00:00Z", "Sev3")).await;
+    assert_eq!((status, answer["action"].as_str()), (202, Some("queued")), "{answer}");
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    assert!(listed["deadLetters"].as_array().is_none_or(Vec::is_empty), "not dead-lettered: {listed}");
+    let pending = &listed["pending"][0];
+    assert!(pending["lastError"].as_str().unwrap().contains("changed"), "{listed}");
+    assert_eq!(enum_id(&portal.work_item(&id).unwrap(), "Status"), STATUS_ACTIVE);
+
+    assert!(
+        eventually(20, || portal.work_item(&id).is_some_and(|i| enum_id(&i, "Status") == STATUS_RESOLVED)).await,
+        "resolved once the analyst stopped saving it"
+    );
+    assert!(commits(&portal) > 1 + 6, "the create, six collisions and the resolve");
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    assert!(listed["deadLetters"].as_array().is_none_or(Vec::is_empty), "{listed}");
+}
+
+#[tokio::test]
+async fn resolving_an_incident_a_person_already_closed_leaves_their_resolution() {
+    let portal = ScsmEmulator::start(ScsmConfig::default());
+    let itsmc = itsmc(&portal, &[]).await;
+    for (rule, status) in [("r1", STATUS_CLOSED), ("r2", STATUS_RESOLVED)] {
+        let (_, created) = itsmc.alert("", &metric_alert(rule, "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
+        let id = created["workItems"][0]["id"].as_str().unwrap().to_string();
+        portal.update(
+            &id,
+            json!({ "Status": { "Id": status }, "ResolutionCategory": { "Id": FIXED_BY_ANALYST }, "ResolutionDescription": "rebooted by Beth" }),
+        );
+        let before = portal.work_item(&id).unwrap();
+        let saved = commits(&portal);
+        let (status_code, answer) =
+            itsmc.alert("", &metric_alert(rule, "Resolved", "2026-11-25T12:00:00Z", "Sev3")).await;
+        assert_eq!(status_code, 200, "{answer}");
+        assert!(answer.get("error").is_none(), "{answer}");
+        let after = portal.work_item(&id).unwrap();
+        assert_eq!(after, before, "left as the person left it");
+        assert_eq!(text(&after, "ResolutionDescription"), "rebooted by Beth");
+        assert_eq!(commits(&portal), saved, "nothing committed");
+    }
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    assert!(listed["deadLetters"].as_array().is_none_or(Vec::is_empty), "{listed}");
+}
+
+#[tokio::test]
+async fn a_record_without_a_base_id_or_last_modified_is_skipped_and_the_rest_syncs() {
+    let portal = ScsmEmulator::start(ScsmConfig::default());
+    let now = Utc::now();
+    portal.seed("Incident", 30, now - chrono::Duration::hours(3), now - chrono::Duration::hours(1));
+    let all = incidents(&portal);
+    portal.hide(text(&all[3], "BaseId"), "BaseId");
+    portal.hide(text(&all[17], "BaseId"), "LastModified");
+    let itsmc = itsmc(&portal, &[("ITSMC_SYNC_PAGE_SIZE", "10")]).await;
+    let report = itsmc.syncer.run(&itsmc::sync::Request::default(), &|_| {}).await.expect("the sync runs");
+    let incident = report.runs.iter().find(|r| r.kind == "Incident").expect("an incident run");
+    assert_eq!(incident.error, None, "{report:?}");
+    assert_eq!(incident.sent, 28, "every record but the two: {incident:?}");
+    let (_, rows) = itsmc.get("/api/servicedesk?type=Incident&limit=50").await;
+    assert_eq!(rows["total"], 28, "{rows}");
+    let numbers: Vec<&str> =
+        rows["rows"].as_array().unwrap().iter().filter_map(|r| r["ServiceDeskId_s"].as_str()).collect();
+    assert!(!numbers.contains(&text(&all[3], "Id")) && !numbers.contains(&text(&all[17], "Id")), "{numbers:?}");
+}
+
+/// A refused password is not tried again for every queued retry: that would lock `DOMAIN\user` in the directory.
+#[tokio::test]
+async fn a_refused_password_is_tried_once_not_once_per_queued_alert() {
+    let portal = ScsmEmulator::start(ScsmConfig::default());
+    let itsmc = itsmc(&portal, &[("ITSMC_PASSWORD", "wrong-password"), ("ITSMC_OUTBOX_BACKOFF_MS", "1")]).await;
+    for i in 0..5 {
+        let (status, answer) =
+            itsmc.alert("", &metric_alert(&format!("l{i}"), "Fired", "2026-11-25T12:00:00Z", "Sev3")).await;
+        assert_ne!(status, 200, "{answer}");
+    }
+    // The outbox retries them meanwhile, with a backoff of a millisecond.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    let pending = listed["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 5, "{listed}");
+    assert!(pending.iter().any(|p| p["attempts"].as_u64() > Some(1)), "retried: {listed}");
+    assert!(
+        pending.iter().all(|p| p["lastError"].as_str().is_some_and(|e| e.contains("refused to sign in"))),
+        "{listed}"
+    );
+    assert_eq!(portal.sign_ins(), 1, "one sign-in attempt for every alert and retry");
+    assert!(incidents(&portal).is_empty());
+}

@@ -50,8 +50,11 @@
 //!   portal's comment scripts add them with `ActionType` `AnalystComment`) are appended. Success answers
 //!   `{"success": true, "BaseId": ...}` and a refusal `{"success": false, "exception": ...}` (the fields
 //!   CiresonPortalAPI reads), both with 200. *Assumed*: the `runConcurrencyCheck` the help page documents (default
-//!   true) refuses a commit whose `original.LastModified` is not the stored one; an enumeration id SCSM does not
-//!   know is refused. Status side effects: Resolved sets `ResolvedDate` when none is given, Closed sets
+//!   true) refuses a commit whose `original.LastModified` is not the stored one, with the exception SCSM's SDK
+//!   throws for it (`DiscoveryDataModificationCollisionException`, Microsoft's Service Manager blog "Adding Merge
+//!   Capability in Service Manager SDK") named in `exception`; an enumeration id SCSM does not know is refused
+//!   with a message of its own. [`ScsmEmulator::race_commits`] has an analyst save a work item between itsmc's read
+//!   and its commit. Status side effects: Resolved sets `ResolvedDate` when none is given, Closed sets
 //!   `ClosedDate`. Every save sets `LastModified` to now.
 //! - **Enumerations**: IncidentStatusEnum (Active, Active.Pending, Resolved, Closed), TroubleTicket Urgency and
 //!   Impact, IncidentSourceEnum and IncidentResolutionCategoryEnum.FixedByAnalyst, ChangeStatusEnum and the change
@@ -63,6 +66,8 @@
 //!   the emulator declares [`CORRELATION_PROPERTY`] on the extension class [`EXTENSION_CLASS_ID`] (made up), and a
 //!   criteria names it through that class, as SCSM wants for extension properties (*assumed* from SCSM's criteria
 //!   rules; the incident class itself answers its own and inherited properties).
+//! - **Projections that lack a property**: [`ScsmEmulator::hide`] leaves a property out of one work item's answers
+//!   (a view-model projection, or a record an import left without it), while criteria still find it.
 //! - **Faults**: [`ScsmEmulator::set_down`] (every call 503 with Web API's body), [`ScsmEmulator::fail_next`]
 //!   (the next calls answer a status, with `Retry-After` when given: 429 stands for a proxy's or gateway's rate
 //!   limit, since the portal has none of its own that is published), [`ScsmEmulator::set_latency`].
@@ -300,6 +305,10 @@ struct Portal {
     templates: BTreeMap<String, (String, Map<String, Value>)>,
     requests: Vec<RequestLog>,
     sign_ins: u32,
+    /// How many more commits of a stored work item find it saved by an analyst since itsmc read it.
+    races: u32,
+    /// BaseId → properties left out of that work item's answers.
+    hidden: BTreeMap<String, Vec<String>>,
     rng: StdRng,
 }
 
@@ -328,6 +337,8 @@ impl ScsmEmulator {
             templates: BTreeMap::new(),
             requests: Vec::new(),
             sign_ins: 0,
+            races: 0,
+            hidden: BTreeMap::new(),
             rng,
         };
         portal
@@ -449,6 +460,19 @@ impl ScsmEmulator {
         }
         status_effects(object, &now);
         object.insert("LastModified".into(), json!(now));
+    }
+
+    /// The next `times` commits of a stored work item each find that an analyst saved it after itsmc read it (its
+    /// `LastModified` moves on just before the commit is checked), so SCSM's concurrency check refuses them.
+    pub fn race_commits(&self, times: u32) {
+        self.lock().races = times;
+    }
+
+    /// Answers of the work item `id` (number or BaseId) leave `property` out.
+    pub fn hide(&self, id: &str, property: &str) {
+        let mut portal = self.lock();
+        let Some(base) = portal.find(id) else { return };
+        portal.hidden.entry(base).or_default().push(property.to_string());
     }
 
     /// `n` work items of `kind` ("Incident" or "ChangeRequest"), last modified evenly over `[from, to)`, with
@@ -777,7 +801,14 @@ impl Portal {
                 continue;
             }
             match matches(expression, object) {
-                Ok(true) => found.push(Value::Object(object.clone())),
+                Ok(true) => {
+                    let mut answered = object.clone();
+                    let base = object.get("BaseId").and_then(Value::as_str).unwrap_or_default();
+                    for property in self.hidden.get(base).into_iter().flatten() {
+                        answered.remove(property);
+                    }
+                    found.push(Value::Object(answered));
+                }
                 Ok(false) => {}
                 Err(message) => return Reply::exception(&message),
             }
@@ -796,11 +827,19 @@ impl Portal {
             return refused("The projection has no BaseId.");
         }
         let now = now_text();
+        if self.races > 0 && self.objects.contains_key(&base) {
+            self.races -= 1;
+            let stored = self.objects.get_mut(&base).expect("stored");
+            let before = stored.get("LastModified").and_then(Value::as_str).and_then(parse_time);
+            let later = before.map_or_else(Utc::now, |t| t + chrono::Duration::milliseconds(1)).max(Utc::now());
+            stored.insert("LastModified".into(), json!(time_text(later)));
+        }
         if let Some(stored) = self.objects.get(&base) {
             let Some(original) = original else { return refused("An existing object needs its original.") };
             if original.get("LastModified") != stored.get("LastModified") {
                 return refused(&format!(
-                    "{} was changed by another user since it was read; reload it and try again.",
+                    "Microsoft.EnterpriseManagement.Common.DiscoveryDataModificationCollisionException: {} was \
+                     changed by another user since it was read; reload it and try again.",
                     stored.get("Id").and_then(Value::as_str).unwrap_or_default()
                 ));
             }

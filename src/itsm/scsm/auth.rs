@@ -4,6 +4,8 @@
 //! The token is kept until the portal refuses it (401): the portal does not say how long one lives. Then one
 //! renewal runs at a time, so an alert storm that finds the token expired signs in once, not once per alert. A
 //! password kept in Key Vault is read again once when the portal refuses it, since an operator may have rotated it.
+//! A refused password is not tried again for a while ([`SignInGuard`]): every queued retry signing in with it would
+//! lock the directory account (`DOMAIN\user`).
 
 use std::sync::{Arc, RwLock};
 
@@ -12,7 +14,7 @@ use serde_json::{Value, json};
 use super::settings::ScsmSettings;
 use crate::config::{Secret, SecretSetting};
 use crate::http::retry_after;
-use crate::itsm::ItsmError;
+use crate::itsm::{ItsmError, SignInGuard};
 use crate::secrets::{SecretError, Secrets};
 
 pub const TOKEN_PATH: &str = "/api/V3/Authorization/GetToken";
@@ -25,6 +27,8 @@ pub struct Auth {
     vault: Option<Arc<Secrets>>,
     token: RwLock<Option<Secret>>,
     renewing: tokio::sync::Mutex<()>,
+    /// A refused sign-in, so that retries do not sign in again with the same password.
+    guard: SignInGuard,
 }
 
 /// Why signing in failed, kept apart for the connection test.
@@ -34,6 +38,8 @@ pub enum SignInError {
     Refused(u16, String),
     /// The portal could not be asked, or failed (transport error or 429/5xx).
     Failed(ItsmError, Option<u16>),
+    /// The portal refused the password a short while ago: not asked again yet (`Auth`, saying until when).
+    Held(ItsmError),
 }
 
 impl From<SignInError> for ItsmError {
@@ -43,7 +49,7 @@ impl From<SignInError> for ItsmError {
                 "the Cireson portal refused to sign in (HTTP {status}: {reason}); check the connection's user name \
                  (DOMAIN\\user) and password"
             )),
-            SignInError::Failed(error, _) => error,
+            SignInError::Failed(error, _) | SignInError::Held(error) => error,
         }
     }
 }
@@ -58,6 +64,7 @@ impl Auth {
             vault,
             token: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
+            guard: SignInGuard::default(),
         }
     }
 
@@ -96,6 +103,7 @@ impl Auth {
         match vault.reload(name).await {
             Ok(now) if before.as_ref() != Some(&now) => {
                 tracing::info!("the SCSM portal password changed in Key Vault; trying it");
+                self.guard.clear();
                 if let Ok(mut kept) = self.token.write() {
                     *kept = None;
                 }
@@ -120,6 +128,22 @@ impl Auth {
     }
 
     async fn sign_in(&self, http: &reqwest::Client) -> Result<Secret, SignInError> {
+        self.guard.check().map_err(SignInError::Held)?;
+        let result = self.ask_token(http).await;
+        match &result {
+            Ok(_) => self.guard.clear(),
+            Err(SignInError::Refused(status, reason)) => self.guard.refused(&format!(
+                "the Cireson portal refused to sign in as {} (HTTP {status}: {reason}); check the connection's \
+                 password",
+                self.username
+            )),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// `POST GetToken` with the user name and password.
+    async fn ask_token(&self, http: &reqwest::Client) -> Result<Secret, SignInError> {
         let password = self.password().await.map_err(|e| SignInError::Failed(e, None))?;
         let body = json!({
             "UserName": self.username,

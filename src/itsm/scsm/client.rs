@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 use super::auth::{Auth, SignInError};
@@ -32,8 +32,9 @@ impl Client {
         Client { base_url, http, auth }
     }
 
-    /// Send the request and read its JSON answer. A refused token is renewed once; a refused password is read
-    /// from Key Vault again once, and when it changed (rotated) the request goes once more.
+    /// Send the request and read its JSON answer. A refused token is renewed once; a refused password (or one
+    /// refused a short while ago, not tried again yet) is read from Key Vault again once, and when it changed
+    /// (rotated) the request goes once more.
     pub async fn send(&self, request: &Request) -> Result<Value, ItsmError> {
         let answer = match self.send_once(request).await {
             Err(failure) if is_refusal(&failure) && self.auth.reload().await => self.send_once(request).await,
@@ -56,11 +57,16 @@ impl Client {
         let mut token = self.auth.token(&self.http).await.map_err(Failure::SignIn)?;
         let mut renewed = false;
         loop {
+            let mut authorization = HeaderValue::from_str(&format!("Token {}", token.expose())).map_err(|_| {
+                let error = ItsmError::Auth("the Cireson portal's token is not a valid HTTP header value".into());
+                Failure::SignIn(SignInError::Failed(error, None))
+            })?;
+            authorization.set_sensitive(true);
             let mut builder = self
                 .http
                 .request(method.clone(), &url)
                 .header(ACCEPT, "application/json")
-                .header(AUTHORIZATION, format!("Token {}", token.expose()));
+                .header(AUTHORIZATION, authorization);
             if !request.query.is_empty() {
                 builder = builder.query(&request.query);
             }
@@ -119,6 +125,7 @@ impl Client {
                      and password"
                 ),
             ),
+            Failure::SignIn(SignInError::Held(error)) => Diagnosis::problem("wrong_credentials", error.to_string()),
             Failure::SignIn(SignInError::Failed(error, status)) => match (error, status) {
                 (ItsmError::Transient { message, retry_after }, Some(429)) => rate_limited(&message, retry_after),
                 (ItsmError::Transient { message, .. }, Some(_)) => Diagnosis::problem("unavailable", message),
@@ -175,7 +182,10 @@ fn rate_limited(reason: &str, retry: Option<Duration>) -> Diagnosis {
 }
 
 fn is_refusal(failure: &Failure) -> bool {
-    matches!(failure, Failure::SignIn(SignInError::Refused(..)) | Failure::Status { status: 401, .. })
+    matches!(
+        failure,
+        Failure::SignIn(SignInError::Refused(..) | SignInError::Held(_)) | Failure::Status { status: 401, .. }
+    )
 }
 
 fn describe(request: &Request) -> String {
@@ -200,11 +210,33 @@ pub fn error_text(body: &str) -> String {
     }
 }
 
+/// An HTTP error as the outbox needs it. The portal answers every unhandled exception with 500, so its ASP.NET
+/// `ExceptionType` says more than the status: an argument SCSM refuses (a template or projection id it does not
+/// have), an object it cannot find or a criteria it cannot parse fails the same way every time, so it is
+/// `Rejected`; any other 5xx is an outage and retried.
 pub fn classify(status: u16, retry_after: Option<Duration>, body: &str, what: &str) -> ItsmError {
-    let message = format!("the Cireson portal answered {what} with HTTP {status}: {}", error_text(body));
+    let reason = error_text(body);
+    if status == 500
+        && let Some(kind) = exception_type(body).filter(|kind| is_refusal_type(kind))
+    {
+        return ItsmError::Rejected(format!("the Cireson portal refused {what} ({kind}): {reason}"));
+    }
+    let message = format!("the Cireson portal answered {what} with HTTP {status}: {reason}");
     let refused = "check the connection's user name and password, and that the user is a portal analyst with \
                    rights on incidents";
     ItsmError::from_status(status, retry_after, message, [refused, refused])
+}
+
+/// ASP.NET Web API's `ExceptionType` of an error body (`System.ArgumentException`...).
+fn exception_type(body: &str) -> Option<String> {
+    let parsed: Value = serde_json::from_str(body).ok()?;
+    parsed.get("ExceptionType").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// Exceptions that say the request itself is wrong: retrying it cannot help.
+fn is_refusal_type(kind: &str) -> bool {
+    let name = kind.rsplit('.').next().unwrap_or(kind);
+    name.starts_with("Argument") || name.contains("ObjectNotFound") || name.contains("Criteria")
 }
 
 pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
@@ -214,13 +246,30 @@ pub fn transport_error(what: &str, error: &reqwest::Error) -> ItsmError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn statuses_map_to_what_the_outbox_needs() {
         let body = r#"{"Message":"An error has occurred.","ExceptionMessage":"Cannot find template","ExceptionType":"System.ArgumentException"}"#;
         assert!(
-            matches!(classify(500, None, body, "x"), ItsmError::Transient { message, .. } if message.contains("Cannot find template"))
+            matches!(classify(500, None, body, "x"), ItsmError::Rejected(message) if message.contains("Cannot find template"))
         );
+        for kind in [
+            "Microsoft.EnterpriseManagement.Common.ObjectNotFoundException",
+            "Microsoft.EnterpriseManagement.Common.InvalidCriteriaException",
+            "System.ArgumentNullException",
+        ] {
+            let body = json!({ "Message": "An error has occurred.", "ExceptionMessage": "no such thing", "ExceptionType": kind });
+            assert!(
+                matches!(classify(500, None, &body.to_string(), "x"), ItsmError::Rejected(m) if m.contains("no such thing")),
+                "{kind}"
+            );
+        }
+        let outage = r#"{"Message":"An error has occurred.","ExceptionMessage":"Timeout expired","ExceptionType":"System.Data.SqlClient.SqlException"}"#;
+        assert!(
+            matches!(classify(500, None, outage, "x"), ItsmError::Transient { message, .. } if message.contains("Timeout expired"))
+        );
+        assert!(matches!(classify(503, None, body, "x"), ItsmError::Transient { .. }), "a proxy's 503 stays an outage");
         assert!(
             matches!(classify(429, Some(Duration::from_secs(3)), "", "x"), ItsmError::Transient { retry_after: Some(d), .. } if d.as_secs() == 3)
         );

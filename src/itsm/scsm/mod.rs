@@ -97,20 +97,33 @@ impl Scsm {
             .ok_or_else(|| ItsmError::NotFound(format!("the Cireson portal has no incident with BaseId {base_id}")))
     }
 
-    /// Read, edit, commit. A commit SCSM refuses (`success: false`: someone changed the incident since it was
-    /// read, say) is tried once more on a fresh read.
+    /// Read, edit, commit. A commit SCSM refuses because someone changed the incident since it was read (its
+    /// optimistic concurrency check) is tried once more on a fresh read; if that collides too, the outbox tries
+    /// again later (`Transient`). A refusal for any other reason (an enumeration id SCSM does not know, say) is
+    /// `Rejected`: the same edit would be refused again.
     async fn change(&self, base_id: &str, edit: impl Fn(&mut Value)) -> Result<(), ItsmError> {
         let mut refused = String::new();
         for _ in 0..2 {
             let original = self.read(base_id).await?;
             let mut current = original.clone();
             edit(&mut current);
+            if current == original {
+                return Ok(());
+            }
             match committed(self.client.send(&requests::commit(&original, &current)).await?) {
                 Ok(_) => return Ok(()),
-                Err(reason) => refused = reason,
+                Err(reason) if is_conflict(&reason) => refused = reason,
+                Err(reason) => {
+                    return Err(ItsmError::Rejected(format!(
+                        "SCSM refused the change to incident {base_id}: {reason}"
+                    )));
+                }
             }
         }
-        Err(ItsmError::Rejected(format!("SCSM refused the change to incident {base_id}: {refused}")))
+        Err(ItsmError::Transient {
+            message: format!("incident {base_id} changed while itsmc was changing it; trying again later: {refused}"),
+            retry_after: None,
+        })
     }
 
     fn span(&self, kind: SyncKind) -> Duration {
@@ -136,7 +149,25 @@ impl Scsm {
                 retry_after: None,
             });
         };
-        list.iter().map(|p| servicedesk::change(p, kind, &self.connection.name)).collect()
+        // A record without a BaseId or LastModified cannot be placed in the sync's order: skipped, so that the
+        // rest of the span still syncs.
+        Ok(list
+            .iter()
+            .filter_map(|p| {
+                let change = servicedesk::change(p, kind, &self.connection.name);
+                if change.is_none() {
+                    tracing::warn!(
+                        connection = %self.connection.name,
+                        kind = kind.name(),
+                        id = requests::text(p, "Id"),
+                        base_id = requests::text(p, "BaseId"),
+                        last_modified = requests::text(p, "LastModified"),
+                        "the Cireson portal sent a record without a BaseId or LastModified; not syncing it"
+                    );
+                }
+                change
+            })
+            .collect())
     }
 }
 
@@ -146,6 +177,15 @@ fn committed(answer: Value) -> Result<Value, String> {
         Some(false) => Err(client::error_text(&answer.to_string())),
         _ => Ok(answer),
     }
+}
+
+/// Whether a commit's refusal is SCSM's optimistic concurrency check: the work item's `LastModified` is no longer
+/// the one in `original` (SCSM's `DiscoveryDataModificationCollisionException`, which the portal passes on).
+fn is_conflict(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["discoverydatamodificationcollision", "changed by another", "modified by another", "concurrency"]
+        .iter()
+        .any(|mark| reason.contains(mark))
 }
 
 fn is_active(projection: &Value) -> bool {
@@ -227,7 +267,13 @@ impl Connector for Scsm {
         _close_code: &str,
         close_notes: &str,
     ) -> Result<(), ItsmError> {
-        self.change(&item.id, |p| requests::resolve(p, &self.settings, close_notes, Utc::now())).await
+        // One a person already resolved or closed is left as they left it: their resolution stands.
+        self.change(&item.id, |p| {
+            if is_active(p) {
+                requests::resolve(p, &self.settings, close_notes, Utc::now());
+            }
+        })
+        .await
     }
 
     async fn reopen(&self, item: &WorkItem, _content: &Content, note: &str) -> Result<(), ItsmError> {

@@ -10,7 +10,6 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
-use crate::itsm::ItsmError;
 use crate::sync::schema;
 use crate::sync::{Change, SyncKind};
 
@@ -116,16 +115,12 @@ fn take(value: &Value, take: Take) -> Option<String> {
     .filter(|s| !s.is_empty())
 }
 
-/// One projection as a change: `(LastModified to the second, BaseId)` and its row.
-pub fn change(projection: &Value, kind: SyncKind, connection: &str) -> Result<Change, ItsmError> {
+/// One projection as a change: `(LastModified to the second, BaseId)` and its row; `None` for one without a
+/// BaseId or a `LastModified` (it has no place in the sync's order).
+pub fn change(projection: &Value, kind: SyncKind, connection: &str) -> Option<Change> {
     let id = projection.get("BaseId").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
     let updated = projection.get("LastModified").and_then(Value::as_str).and_then(parse_time);
-    let Some(updated) = updated.filter(|_| !id.is_empty()) else {
-        return Err(ItsmError::Transient {
-            message: format!("the Cireson portal sent a {} without BaseId or LastModified", kind.name()),
-            retry_after: None,
-        });
-    };
+    let updated = updated.filter(|_| !id.is_empty())?;
     let service_desk = schema::service_desk();
     let mut row = service_desk.row();
     row.set(service_desk.index("ServiceDeskConnectionName_s"), connection);
@@ -135,7 +130,7 @@ pub fn change(projection: &Value, kind: SyncKind, connection: &str) -> Result<Ch
             row.set(service_desk.index(column), &value);
         }
     }
-    Ok(Change { updated: crate::sync::kinds::format_time(updated), id, row })
+    Some(Change { updated: crate::sync::kinds::format_time(updated), id, row })
 }
 
 #[cfg(test)]
@@ -174,7 +169,7 @@ mod tests {
         assert_eq!(get("CreatedDate_t").as_deref(), Some("2026-11-25T12:00:00Z"));
         assert_eq!(get("ClosedDate_t"), None, "SCSM's empty date");
         assert_eq!(get("ServiceDeskWorkItemType_s").as_deref(), Some("Incident"));
-        assert!(change(&json!({ "Id": "IR1" }), SyncKind::Incident, "prod").is_err());
+        assert!(change(&json!({ "Id": "IR1" }), SyncKind::Incident, "prod").is_none());
     }
 
     #[test]
