@@ -751,3 +751,97 @@ async fn the_sync_sends_a_backlog_exactly_once_through_pages() {
         assert_eq!(states[1], "Problem Solved");
     }
 }
+
+/// A case Dataverse answers without its `modifiedon` and one without its id cannot be placed in the sync's
+/// order: the sync leaves them out (with a warning) and sends every other case once, and runs again cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_id_or_modifiedon_is_skipped_and_the_rest_syncs() {
+    let world = World::start(&[("ITSMC_SYNC_PAGE_SIZE", "20")]).await;
+    let now = Utc::now();
+    world.dataverse.seed_incidents(60, now - chrono::Duration::days(3), now - chrono::Duration::minutes(20));
+    let records = world.dataverse.records("incidents");
+    let (no_time, no_id) = (&records[7], &records[33]);
+    world.dataverse.garble("incidents", s(no_time, "incidentid"), "modifiedon");
+    world.dataverse.garble("incidents", s(no_id, "incidentid"), "incidentid");
+
+    let runs = world.sync().await;
+    let incidents = report(&runs, "Incident");
+    assert_eq!(incidents.error, None, "{runs:?}");
+    assert_eq!(incidents.sent, 58, "{runs:?}");
+    let sent = world.sent();
+    assert!(!sent.contains_key(s(no_time, "ticketnumber")) && !sent.contains_key(s(no_id, "ticketnumber")));
+    for record in &records {
+        let number = s(record, "ticketnumber");
+        if number != s(no_time, "ticketnumber") && number != s(no_id, "ticketnumber") {
+            assert_eq!(sent.get(number), Some(&1), "{number}");
+        }
+    }
+    let again = world.sync().await;
+    assert_eq!((report(&again, "Incident").error.as_deref(), report(&again, "Incident").sent), (None, 0), "{again:?}");
+}
+
+/// A bulk update of 100 cases in one second, read with a limit of 30: no answer holds more than 30, the second
+/// is read in pages of 30 (never whole at once), its rest comes by id in text order, and the sync sends every
+/// case once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_with_more_cases_than_a_page_is_answered_a_page_at_a_time_and_synced_once() {
+    use itsmc::sync::{SyncKind, Window, kinds};
+    let world = World::start(&[("ITSMC_SYNC_PAGE_SIZE", "30")]).await;
+    let burst = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 5 * 3600, 0).unwrap();
+    world.dataverse.seed_incidents(10, burst - chrono::Duration::hours(2), burst - chrono::Duration::seconds(1));
+    world.dataverse.seed_incidents(100, burst, burst + chrono::Duration::milliseconds(900));
+    world.dataverse.seed_incidents(10, burst + chrono::Duration::seconds(1), burst + chrono::Duration::hours(1));
+
+    // The connector itself: every answer at most the limit, in (second, id) order, nothing skipped or twice.
+    let (_, connector) = world.itsmc.intake.connection("prod").expect("the connection");
+    let second = kinds::format_time(burst);
+    let mut window = Window::Since(kinds::format_time(burst - chrono::Duration::hours(3)));
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for _ in 0..50 {
+        let page = connector.changes(SyncKind::Incident, &window, 30).await.expect("a page");
+        assert!(page.len() <= 30, "{} changes for a limit of 30", page.len());
+        let keys: Vec<(String, String)> = page.iter().map(|c| (c.updated.clone(), c.id.clone())).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in (second, id) order: {keys:?}");
+        let fresh: Vec<_> = keys.iter().filter(|k| seen.last().is_none_or(|l| *k > l)).cloned().collect();
+        seen.extend(fresh);
+        let (Some(first), Some(last)) = (page.first(), page.last()) else { break };
+        window = match (&window, page.len() == 30) {
+            (Window::Within { .. }, true) => {
+                Window::Within { updated: last.updated.clone(), after_id: last.id.clone() }
+            }
+            (_, true) if first.updated == last.updated => {
+                Window::Within { updated: last.updated.clone(), after_id: last.id.clone() }
+            }
+            (_, true) => Window::Since(last.updated.clone()),
+            (Window::Within { .. }, false) => Window::After(last.updated.clone()),
+            _ => break,
+        };
+    }
+    assert_eq!(seen.len(), 120, "every case once");
+    assert_eq!(seen.iter().filter(|(updated, _)| *updated == second).count(), 100);
+    let rest = connector
+        .changes(SyncKind::Incident, &Window::Within { updated: second.clone(), after_id: String::new() }, 30)
+        .await
+        .unwrap();
+    let firsts: Vec<String> =
+        seen.iter().filter(|(updated, _)| *updated == second).take(30).map(|(_, id)| id.clone()).collect();
+    assert_eq!(rest.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), firsts, "the second's first ids as text");
+    let reads = world.dataverse.requests();
+    let in_second: Vec<_> = reads
+        .iter()
+        .filter(|r| r.path == "incidents" && r.query.iter().any(|(k, v)| k == "$filter" && v.contains("modifiedon lt")))
+        .collect();
+    assert!(in_second.iter().any(|r| r.query.iter().any(|(k, _)| k == "$skiptoken")), "the second in pages");
+    assert!(
+        in_second.iter().all(|r| r.prefer.as_deref().is_some_and(|p| p.contains("odata.maxpagesize=30"))),
+        "{in_second:?}"
+    );
+
+    // The sync, with the same page size.
+    let runs = world.sync().await;
+    let incidents = report(&runs, "Incident");
+    assert_eq!((incidents.error.as_deref(), incidents.sent), (None, 120), "{runs:?}");
+    let sent = world.sent();
+    assert_eq!(sent.len(), 120);
+    assert!(sent.values().all(|&n| n == 1), "none twice");
+}

@@ -420,6 +420,8 @@ struct Org {
     tickets: u64,
     /// The last time handed out, so writes in one millisecond still order.
     clock: i64,
+    /// (entity set, id, column) answered as null though filters and orders see the value: a damaged row.
+    garbled: HashSet<(String, String, String)>,
 }
 
 type Shared = Arc<Mutex<Org>>;
@@ -479,6 +481,7 @@ impl ProvanceEmulator {
             version: 1_000_000,
             tickets: 1000,
             clock: 0,
+            garbled: HashSet::new(),
         }));
         {
             let mut o = lock(&org);
@@ -659,6 +662,12 @@ impl ProvanceEmulator {
         }
         record.values.insert("modifiedon".into(), json!(now));
         record.version = version;
+    }
+
+    /// Answers a record's column as null from now on, while filters and orders still see its value: a damaged
+    /// row, which a client cannot place (the id or `modifiedon`).
+    pub fn garble(&self, set: &str, id: &str, column: &str) {
+        lock(&self.org).garbled.insert((set.to_string(), id.to_ascii_lowercase(), column.to_string()));
     }
 
     /// Deletes a record, as a person might delete a case.
@@ -895,6 +904,10 @@ impl Org {
                 }
                 _ => (raw.clone(), None),
             };
+            if self.garbled.contains(&(table.set.to_string(), record.id.clone(), key.clone())) {
+                out.insert(key, Value::Null);
+                continue;
+            }
             out.insert(key.clone(), value);
             if formatted && let Some(shown) = shown {
                 out.insert(format!("{key}{FORMATTED}"), json!(shown));

@@ -61,6 +61,8 @@ pub struct Auth {
 #[derive(Default)]
 struct State {
     credential: Option<Arc<dyn TokenCredential>>,
+    /// The client secret the credential signs in with (inline or read from Key Vault), kept out of messages.
+    secret: Option<Secret>,
     token: Option<(Secret, OffsetDateTime)>,
 }
 
@@ -97,12 +99,16 @@ impl Auth {
         let credential = match &state.credential {
             Some(credential) => Arc::clone(credential),
             None => {
-                let made = self.credential().await?;
+                let (made, secret) = self.credential().await?;
                 state.credential = Some(Arc::clone(&made));
+                state.secret = secret;
                 made
             }
         };
-        let token = credential.get_token(&[self.scope.as_str()], None).await.map_err(|e| self.explain(&e))?;
+        let token = credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| self.explain(&e, state.secret.as_ref()))?;
         let secret = Secret::new(token.token.secret());
         state.token = Some((secret.clone(), token.expires_on));
         Ok(secret)
@@ -140,10 +146,12 @@ impl Auth {
         }
     }
 
-    async fn credential(&self) -> Result<Arc<dyn TokenCredential>, TokenError> {
+    /// The credential, and the client secret it signs in with.
+    async fn credential(&self) -> Result<(Arc<dyn TokenCredential>, Option<Secret>), TokenError> {
         match &self.settings {
             ProvanceAuth::ManagedIdentity { client_id } => {
                 crate::secrets::credential(self.http.clone(), client_id.as_deref())
+                    .map(|made| (made, None))
                     .map_err(|e| TokenError::Refused(format!("the managed identity cannot be used: {e}")))
             }
             ProvanceAuth::ClientSecret { tenant_id, client_id, secret, authority } => {
@@ -183,14 +191,16 @@ impl Auth {
                     secret.expose().to_string().into(),
                     Some(options),
                 )
-                .map_err(|e| TokenError::Refused(format!("{}: {}", self.who(), one_line(&e.to_string()))))?;
-                Ok(made)
+                .map_err(|e| {
+                    TokenError::Refused(format!("{}: {}", self.who(), scrub(&one_line(&e.to_string()), Some(&secret))))
+                })?;
+                Ok((made, Some(secret)))
             }
         }
     }
 
-    /// What went wrong getting a token, in the operator's terms and without the secret.
-    fn explain(&self, error: &azure_core::Error) -> TokenError {
+    /// What went wrong getting a token, in the operator's terms and without `secret`, the one signed in with.
+    fn explain(&self, error: &azure_core::Error, secret: Option<&Secret>) -> TokenError {
         let chain = || std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| e.source());
         let status = chain().filter_map(|e| e.downcast_ref::<azure_core::Error>()).find_map(|e| match e.kind() {
             ErrorKind::HttpResponse { status, .. } => Some(u16::from(*status)),
@@ -201,11 +211,9 @@ impl Auth {
                 .is_some_and(|e| matches!(e.kind(), ErrorKind::Connection | ErrorKind::Io))
                 || e.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_connect() || e.is_timeout())
         });
-        let mut text = one_line(&error.to_string());
-        if let ProvanceAuth::ClientSecret { secret: SecretSetting::Value(secret), .. } = &self.settings
-            && !secret.expose().is_empty()
-        {
-            text = text.replace(secret.expose(), "***");
+        let mut text = scrub(&one_line(&error.to_string()), secret);
+        if let ProvanceAuth::ClientSecret { secret: SecretSetting::Value(inline), .. } = &self.settings {
+            text = scrub(&text, Some(inline));
         }
         let reason = entra_reason(&text).unwrap_or_else(|| text.clone());
         let (who, authority) = match &self.settings {
@@ -238,6 +246,14 @@ fn entra_reason(text: &str) -> Option<String> {
     Some(reason[..end].trim_end().to_string())
 }
 
+/// `text` without `secret`.
+fn scrub(text: &str, secret: Option<&Secret>) -> String {
+    match secret.map(Secret::expose) {
+        Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
+        _ => text.to_string(),
+    }
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -251,5 +267,13 @@ mod tests {
         let text = r#"ClientSecretCredential authentication failed. "error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1""#;
         assert_eq!(entra_reason(text).as_deref(), Some("AADSTS7000215: Invalid client secret provided."));
         assert_eq!(entra_reason("no reason"), None);
+    }
+
+    #[test]
+    fn the_secret_signed_in_with_is_scrubbed() {
+        let secret = Secret::new("kv-s3cret~value");
+        assert_eq!(scrub("bad secret kv-s3cret~value here", Some(&secret)), "bad secret *** here");
+        assert_eq!(scrub("no secret", None), "no secret");
+        assert_eq!(scrub("empty", Some(&Secret::new(""))), "empty");
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! The sync's pages are keyset pages in (second, id) order, compared as text. Dataverse orders by the full
 //! `modifiedon` and then by the id in its database's order, which is not text order, so [`Provance::changes`]
-//! reads a second that a page cuts through again whole, and orders each page itself.
+//! reads a second that a page cuts through again whole (a page at a time, keeping its first ids as text), orders
+//! each page itself and answers at most the page asked for.
 
 mod auth;
 mod client;
@@ -115,18 +116,37 @@ impl Provance {
         Ok(plan)
     }
 
-    /// Every record of `plan`'s table modified in the second starting at `second`, following next links.
+    /// The first `keep` records, in id order, of those of `plan`'s table modified in the second starting at
+    /// `second` whose id sorts after `after_id`. Dataverse does not order ids as text, so the whole second is
+    /// read, a page at a time, holding no more than `keep` records and one page whatever the second holds.
     async fn second(
         &self,
         plan: &Plan,
         second: chrono::DateTime<chrono::Utc>,
+        after_id: Option<&str>,
+        keep: usize,
         page: usize,
     ) -> Result<Vec<Change>, ItsmError> {
         let (from, until) = (iso(second), iso(second + chrono::Duration::seconds(1)));
-        let first = requests::changes(&plan.entity_set, &plan.select, &plan.id_field, &from, Some(&until), page);
-        let mut changes = Vec::new();
-        self.read(plan, first, usize::MAX, &mut changes).await?;
-        Ok(changes)
+        let mut request = requests::changes(&plan.entity_set, &plan.select, &plan.id_field, &from, Some(&until), page);
+        let mut kept: Vec<Change> = Vec::new();
+        loop {
+            let (changes, next) = self.page(plan, &request).await?;
+            kept.extend(changes.into_iter().filter(|c| after_id.is_none_or(|after| c.id.as_str() > after)));
+            if kept.len() > keep {
+                kept.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                kept.dedup_by(|a, b| a.id == b.id);
+                kept.truncate(keep);
+            }
+            match next {
+                Some(link) => request = requests::next(&link, &request.prefer),
+                None => break,
+            }
+        }
+        kept.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        kept.dedup_by(|a, b| a.id == b.id);
+        kept.truncate(keep);
+        Ok(kept)
     }
 
     /// Reads pages from `request` on until `limit` records are in `into` or the list ends; `true` when more
@@ -140,17 +160,22 @@ impl Provance {
     ) -> Result<bool, ItsmError> {
         let mut request = request;
         loop {
-            let answer = self.client.send(&request, &[]).await?;
-            let page = servicedesk::page(&answer.body, &plan.entity_set)?;
-            for record in &page.value {
-                into.push(plan.change(record, &self.connection.name)?);
-            }
-            match page.next_link {
+            let (changes, next) = self.page(plan, &request).await?;
+            into.extend(changes);
+            match next {
                 Some(link) if into.len() < limit => request = requests::next(&link, &request.prefer),
                 Some(_) => return Ok(true),
                 None => return Ok(false),
             }
         }
+    }
+
+    /// One page of changes, without the records that have no place in the order, and its next link.
+    async fn page(&self, plan: &Plan, request: &requests::Request) -> Result<(Vec<Change>, Option<String>), ItsmError> {
+        let answer = self.client.send(request, &[]).await?;
+        let page = servicedesk::page(&answer.body, &plan.entity_set)?;
+        let changes = page.value.iter().filter_map(|record| plan.change(record, &self.connection.name)).collect();
+        Ok((changes, page.next_link))
     }
 }
 
@@ -249,6 +274,9 @@ impl Connector for Provance {
         self.client.send(&requests::note(&item.id, note), &[]).await.map(drop)
     }
 
+    /// At most `limit` changes in (second, id) order, ids compared as text. Every second answered is whole up to
+    /// its last id answered, so that the sync, going on `Since` the last second or `Within` it after the last id,
+    /// skips nothing.
     async fn changes(&self, kind: SyncKind, window: &Window, limit: usize) -> Result<Vec<Change>, ItsmError> {
         let plan = self.plan(kind).await?;
         let limit = limit.max(1);
@@ -257,23 +285,24 @@ impl Connector for Provance {
             Window::Since(updated) => position(updated)?,
             Window::After(updated) => position(updated)? + chrono::Duration::seconds(1),
             Window::Within { updated, after_id } => {
-                // The rest of one second, by id: read the second whole and order it as text.
-                let mut changes = self.second(&plan, position(updated)?, page).await?;
-                changes.retain(|c| c.id.as_str() > after_id.as_str());
-                changes.sort_by(|a, b| a.id.cmp(&b.id));
-                changes.truncate(limit);
-                return Ok(changes);
+                // The rest of one second, by id.
+                return self.second(&plan, position(updated)?, Some(after_id), limit, page).await;
             }
         };
         let first = requests::changes(&plan.entity_set, &plan.select, &plan.id_field, &iso(from), None, page);
         let mut changes = Vec::new();
         let more = self.read(&plan, first, limit, &mut changes).await?;
         if more && let Some(last) = changes.last().map(|c| c.updated.clone()) {
-            // Dataverse's order within the last second read is not (second, id): read that second whole.
+            // Dataverse's order within the last second read is not (second, id), and the second may go on past
+            // the page: when the earlier seconds leave room, read that second's first ids instead.
             changes.retain(|c| c.updated != last);
-            changes.extend(self.second(&plan, position(&last)?, page).await?);
+            if changes.len() < limit {
+                let rest = limit - changes.len();
+                changes.extend(self.second(&plan, position(&last)?, None, rest, page).await?);
+            }
         }
         changes.sort_by(|a, b| (a.updated.as_str(), a.id.as_str()).cmp(&(b.updated.as_str(), b.id.as_str())));
+        changes.truncate(limit);
         Ok(changes)
     }
 

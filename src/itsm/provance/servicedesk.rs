@@ -91,15 +91,31 @@ impl Plan {
         Plan::new(SyncKind::ChangeRequest, entity_set, id_field, pairs)
     }
 
-    /// A record as a change: its position (modification second, id) and its row.
-    pub fn change(&self, record: &Map<String, Value>, connection: &str) -> Result<Change, ItsmError> {
+    /// A record as a change: its position (modification second, id) and its row. `None`, with a warning, for a
+    /// record without an id or a readable `modifiedon`: it has no place in the sync's order, and failing the
+    /// page for it would hold the sync at it for good.
+    pub fn change(&self, record: &Map<String, Value>, connection: &str) -> Option<Change> {
         let id = record.get(&self.id_field).and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
         let modified = record.get("modifiedon").and_then(Value::as_str).and_then(parse_time);
         let (Some(modified), false) = (modified, id.is_empty()) else {
-            return Err(ItsmError::Transient {
-                message: format!("Dataverse sent a {} record without {} or modifiedon", self.entity_set, self.id_field),
-                retry_after: None,
-            });
+            let number_column = schema::service_desk().index("ServiceDeskId_s");
+            let number = self
+                .columns
+                .iter()
+                .find(|(column, _, _)| *column == number_column)
+                .and_then(|(_, field, _)| record.get(field))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let modifiedon = record.get("modifiedon").map(Value::to_string).unwrap_or_default();
+            tracing::warn!(
+                entity_set = self.entity_set.as_str(),
+                number,
+                id = id.as_str(),
+                modifiedon = modifiedon.as_str(),
+                "Dataverse sent a record without {} or a readable modifiedon; the sync skips it",
+                self.id_field
+            );
+            return None;
         };
         let schema = schema::service_desk();
         let mut row = schema.row();
@@ -120,7 +136,7 @@ impl Plan {
             };
             row.set(*column, &value);
         }
-        Ok(Change { updated: crate::sync::kinds::format_time(modified), id, row })
+        Some(Change { updated: crate::sync::kinds::format_time(modified), id, row })
     }
 }
 
@@ -198,6 +214,19 @@ mod tests {
         assert_eq!(get("Computer").as_deref(), Some("web01"));
         assert_eq!(get("Description_s"), None);
         assert_eq!(get("ServiceDeskWorkItemType_s").as_deref(), Some("Incident"));
+    }
+
+    #[test]
+    fn a_record_without_id_or_modifiedon_has_no_change() {
+        let plan = Plan::incidents(&settings());
+        let record = |value: Value| value.as_object().cloned().unwrap();
+        let no_time =
+            record(serde_json::json!({ "incidentid": "49b0be2e", "ticketnumber": "CAS-1", "modifiedon": null }));
+        let no_id = record(serde_json::json!({ "ticketnumber": "CAS-2", "modifiedon": "2026-11-25T12:00:00Z" }));
+        let bad_time = record(serde_json::json!({ "incidentid": "49b0be2e", "modifiedon": "yesterday" }));
+        assert!(plan.change(&no_time, "prod").is_none());
+        assert!(plan.change(&no_id, "prod").is_none());
+        assert!(plan.change(&bad_time, "prod").is_none());
     }
 
     #[test]
