@@ -111,6 +111,31 @@ async fn a_refire_adds_a_journal_note_and_a_resolve_resolves() {
     assert!(!csm.items("Incident")[0].open);
 }
 
+/// A person closed (or resolved) the incident before the alert resolved: their close stands, the resolve
+/// succeeds without a save.
+#[tokio::test]
+async fn a_resolve_leaves_an_incident_a_person_closed_as_it_is() {
+    let csm = emulator();
+    let itsmc = itsmc(&csm, &[]).await;
+    for (alert, status) in [("r1", "Closed"), ("r2", "Resolved")] {
+        let (_, first) = itsmc.alert("", &fired(alert, "2026-11-25T12:00:00Z")).await;
+        let id = first["workItems"][0]["id"].as_str().unwrap().to_string();
+        let note = format!("{status} by the service desk: a false alarm");
+        assert!(csm.update("Incident", &id, &[("Status", status), ("CloseDescription", &note)]));
+        let before = incident(&csm, &id);
+        let saves = || csm.requests().iter().filter(|r| r.path == "/api/V1/savebusinessobject").count();
+        let saved = saves();
+
+        let (code, done) = itsmc.alert("", &resolved(alert)).await;
+        assert_eq!((code, done["action"].as_str()), (200, Some("resolved")), "{done}");
+        assert_eq!(saves(), saved, "nothing was saved over the person's {status}");
+        let after = incident(&csm, &id);
+        assert_eq!(after["Status"], status);
+        assert_eq!(after["CloseDescription"], note);
+        assert_eq!(after["LastModifiedDateTime"], before["LastModifiedDateTime"]);
+    }
+}
+
 async fn refire_after_close(policy: &str) -> (CherwellEmulator, Value, String) {
     let csm = emulator();
     let itsmc = itsmc(&csm, &[("ITSMC_REFIRE_AFTER_CLOSE", policy)]).await;
@@ -277,6 +302,27 @@ async fn wrong_credentials_keep_the_alert_and_never_show_the_password() {
     assert!(!text.contains("wrong-Pa55-never-logged"));
 }
 
+/// A refused password is not sent again on every retry of every queued alert: that would lock a directory
+/// account. One password grant, however many alerts wait and however often they are retried.
+#[tokio::test]
+async fn a_refused_password_is_not_tried_again_by_every_retry() {
+    let csm = emulator();
+    let itsmc = itsmc(&csm, &[("ITSMC_PASSWORD", "wrong-password")]).await;
+    for n in 0..5 {
+        let (status, answer) = itsmc.alert("", &fired(&format!("g{n}"), "2026-11-25T12:00:00Z")).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    // Retried every 50 ms or so (ITSMC_OUTBOX_BACKOFF_MS, with its backoff).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(csm.token_grants(), ["password"], "one sign-in with the refused password");
+    let (_, listed) = itsmc.get("/api/workitems").await;
+    let pending = listed["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 5, "{listed}");
+    assert!(pending.iter().all(|p| p["lastError"].as_str().unwrap().contains("Could not login")), "{listed}");
+    assert!(listed.to_string().contains("not signing in again"), "{listed}");
+    assert!(csm.records("Incident").is_empty());
+}
+
 /// An administrator re-created a field: CSM no longer knows the id itsmc kept, so itsmc reads the business
 /// object's template again and the alert still goes through.
 #[tokio::test]
@@ -403,6 +449,41 @@ async fn the_sync_works_at_the_resolution_csm_shows() {
     let ids: HashSet<&str> = rows.iter().map(|r| r["ServiceDeskId_s"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 400);
     assert!(rows.iter().all(|r| r["LastModifiedDate_t"].as_str().unwrap().ends_with(":00Z")));
+}
+
+/// A record CSM sends with an empty or odd last-modified time, or without its record id, is left out (with a
+/// warning) and the sync goes on; a page none of whose times is in the date format stops it, naming the setting.
+#[tokio::test]
+async fn the_sync_skips_a_malformed_record_but_not_a_wrong_date_format() {
+    let csm = emulator();
+    let start = Utc::now() - chrono::Duration::days(1);
+    csm.seed_incidents(20, start, start + chrono::Duration::minutes(2));
+    let records = csm.records("Incident");
+    let (empty, odd, no_id) = (&records[3], &records[7], &records[11]);
+    csm.show_as(&empty["RecID"], "LastModifiedDateTime", "");
+    csm.show_as(&odd["RecID"], "LastModifiedDateTime", "not a date");
+    csm.drop_rec_id(&no_id["RecID"]);
+    let itsmc = itsmc(&csm, &[("ITSMC_SYNC_PAGE_SIZE", "5"), ("ITSMC_SYNC_KINDS", "Incident")]).await;
+    let run = itsmc.syncer.run(&itsmc::sync::Request::default(), &|_| {}).await.unwrap();
+    assert_eq!((run.runs[0].sent, run.runs[0].error.as_deref()), (17, None), "{:?}", run.runs);
+    let rows = servicedesk_rows(&itsmc, "Incident").await;
+    let ids: HashSet<&str> = rows.iter().map(|r| r["ServiceDeskId_s"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 17);
+    for skipped in [empty, odd, no_id] {
+        assert!(!ids.contains(skipped["IncidentID"].as_str()), "{skipped:?}");
+    }
+
+    // The API user's culture writes times another way than ITSMC_CHERWELL_DATE_FORMAT says: every time is odd.
+    let csm = emulator();
+    csm.seed_incidents(4, start, start + chrono::Duration::minutes(1));
+    for record in csm.records("Incident") {
+        csm.show_as(&record["RecID"], "LastModifiedDateTime", "2026-11-25T12:00:00Z");
+    }
+    let itsmc = self::itsmc(&csm, &[("ITSMC_SYNC_KINDS", "Incident")]).await;
+    let run = itsmc.syncer.run(&itsmc::sync::Request::default(), &|_| {}).await.unwrap();
+    let error = run.runs[0].error.as_deref().unwrap_or_default();
+    assert_eq!(run.runs[0].sent, 0, "{:?}", run.runs);
+    assert!(error.contains("ITSMC_CHERWELL_DATE_FORMAT") && error.contains("2026-11-25T12:00:00Z"), "{error}");
 }
 
 async fn test(itsmc: &Itsmc) -> Value {

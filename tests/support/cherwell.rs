@@ -396,6 +396,17 @@ impl CherwellEmulator {
         true
     }
 
+    /// Reads and searches show `shown` for the record's field (an empty or odd value CSM should not hold), while
+    /// filters and sorts still use the value it keeps.
+    pub fn show_as(&self, rec_id: &str, field: &str, shown: &str) {
+        self.lock().shown.insert((rec_id.to_string(), field.to_ascii_lowercase()), shown.to_string());
+    }
+
+    /// Reads and searches send the record without its `busObRecId`.
+    pub fn drop_rec_id(&self, rec_id: &str) {
+        self.lock().no_rec_id.push(rec_id.to_string());
+    }
+
     /// `n` varied incidents last modified evenly (to the millisecond) over `[from, to)`.
     pub fn seed_incidents(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) {
         self.lock().seed("Incident", n, from, to);
@@ -824,6 +835,11 @@ struct Instance {
     grants: Vec<String>,
     requests: Vec<RequestLog>,
     rng: StdRng,
+    /// Text shown for (record id, field name in lower case) in place of the kept value: a record CSM holds in
+    /// a shape it should not (filters and sorts still use the kept value).
+    shown: HashMap<(String, String), String>,
+    /// Records whose reads and search results come without `busObRecId`.
+    no_rec_id: Vec<String>,
 }
 
 struct Reply {
@@ -936,6 +952,8 @@ impl Instance {
             grants: Vec::new(),
             requests: Vec::new(),
             rng: StdRng::seed_from_u64(0x00c4_e3e1),
+            shown: HashMap::new(),
+            no_rec_id: Vec::new(),
         };
         for def in &instance.objects {
             if let Some((_, first)) = def.public_id {
@@ -976,6 +994,14 @@ impl Instance {
             _ if field.name == "RecID" => record.rec_id.clone(),
             Kind::DateTime => record.time(&field.name).map(|ms| show_time(ms, &self.date_format)).unwrap_or_default(),
             _ => record.text(&field.name).to_string(),
+        }
+    }
+
+    /// A field's value as reads show it: [`Instance::value`], unless a test made it show something else.
+    fn shown_value(&self, field: &FieldDef, record: &Rec) -> String {
+        match self.shown.get(&(record.rec_id.clone(), field.name.to_ascii_lowercase())) {
+            Some(shown) => shown.clone(),
+            None => self.value(field, record),
         }
     }
 
@@ -1247,10 +1273,10 @@ impl Instance {
         json!({
             "busObId": def.id,
             "busObPublicId": record.public_id,
-            "busObRecId": record.rec_id,
+            "busObRecId": if self.no_rec_id.contains(&record.rec_id) { "" } else { record.rec_id.as_str() },
             "fields": fields.iter().map(|f| json!({
                 "dirty": false, "displayName": f.display_name, "fieldId": f.id, "html": null,
-                "name": f.name, "value": self.value(f, record),
+                "name": f.name, "value": self.shown_value(f, record),
             })).collect::<Vec<_>>(),
             "links": [],
             "errorCode": null,

@@ -2,7 +2,9 @@
 //! as `client_id` and the connection's `auth_mode`; renewed with the refresh token shortly before the access
 //! token expires, and minted again with the password when CSM refuses the refresh token (it expired, or the
 //! user was logged out). Only one renewal runs at a time, so an alert storm that finds the token expired makes
-//! one token request.
+//! one token request. When CSM refuses the user's credentials, no password grant is sent again for a while
+//! ([`SignInGuard`]), or until Key Vault holds another password: every queued alert's retries signing in with
+//! it would lock an LDAP or Windows account.
 //!
 //! CSM answers a refused request with HTTP 400 and `{"error": "invalid_client_id" | "invalid_grant",
 //! "error_description": ...}` (the REST API's Errors page shows that object as a JSON string; both are read).
@@ -16,7 +18,7 @@ use serde_json::Value;
 use super::settings::CherwellSettings;
 use crate::config::{Secret, SecretSetting};
 use crate::http::retry_after;
-use crate::itsm::ItsmError;
+use crate::itsm::{ItsmError, SignInGuard};
 use crate::secrets::Secrets;
 
 #[derive(Clone)]
@@ -51,6 +53,8 @@ pub struct Auth {
     renewing: tokio::sync::Mutex<()>,
     /// Why the last sign-in failed, for the connection test.
     failure: RwLock<Option<GrantFailure>>,
+    /// A refused password, so that queued retries do not sign in with it again and lock the account.
+    guard: SignInGuard,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +76,7 @@ impl Auth {
             token: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
             failure: RwLock::new(None),
+            guard: SignInGuard::default(),
         }
     }
 
@@ -106,6 +111,7 @@ impl Auth {
         match vault.reload(name).await {
             Ok(now) if before.as_ref() != Some(&now) => {
                 tracing::info!("the Cherwell password changed in Key Vault; trying it");
+                self.guard.clear();
                 if let Ok(mut guard) = self.token.write() {
                     *guard = None;
                 }
@@ -162,6 +168,8 @@ impl Auth {
                 Err(other) => return Err(other),
             }
         }
+        // A refused password stands for a while: signing in with it on every retry would lock the account.
+        self.guard.check()?;
         let password = self.password().await?;
         let form = [
             ("grant_type", "password"),
@@ -170,8 +178,16 @@ impl Auth {
             ("password", password.expose()),
             ("auth_mode", self.auth_mode),
         ];
-        let token = self.grant(http, &form).await?;
-        Ok(self.keep(token, None))
+        match self.grant(http, &form).await {
+            Ok(token) => Ok(self.keep(token, None)),
+            Err(ItsmError::Auth(reason)) => {
+                if matches!(self.failure(), Some(GrantFailure::Credentials(_))) {
+                    self.guard.refused(&reason);
+                }
+                Err(ItsmError::Auth(reason))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     fn keep(&self, response: TokenResponse, previous_refresh: Option<Secret>) -> Secret {
@@ -190,6 +206,7 @@ impl Auth {
         if let Ok(mut failure) = self.failure.write() {
             *failure = None;
         }
+        self.guard.clear();
         access
     }
 

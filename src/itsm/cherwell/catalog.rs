@@ -22,7 +22,11 @@ pub struct Field {
 /// One business object as its summary and template describe it.
 #[derive(Debug)]
 pub struct BusOb {
+    /// CSM's name for it.
     pub name: String,
+    /// The name itsmc asked for (the configured one), which the catalog keeps it under; it may differ from
+    /// CSM's `name` (another case, or a display name CSM's summary answers).
+    pub requested: String,
     pub id: String,
     pub fields: Vec<Field>,
     /// The lifecycle's states, in CSM's order (empty for objects without one).
@@ -157,7 +161,7 @@ impl Catalog {
     /// CSM said an id is unknown while `object` was in use: forget the configuration, so the next use reads it
     /// again. When another caller already did (`object` is no longer the kept copy), nothing is forgotten.
     pub fn forget(&self, object: &Arc<BusOb>) {
-        let current = self.cached(&object.name).is_some_and(|cached| Arc::ptr_eq(&cached, object));
+        let current = self.cached(&object.requested).is_some_and(|cached| Arc::ptr_eq(&cached, object));
         if current {
             self.clear();
         }
@@ -207,10 +211,41 @@ async fn load(client: &Client, name: &str) -> Result<BusOb, Failure> {
     let shown = text(summary, "name");
     Ok(BusOb {
         name: if shown.is_empty() { name.to_string() } else { shown },
+        requested: name.to_string(),
         id,
         fields,
         states,
         rec_id_field: text(summary, "firstRecIdField"),
         members,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, requested: &str) -> Arc<BusOb> {
+        Arc::new(BusOb {
+            name: name.into(),
+            requested: requested.into(),
+            id: "bo".into(),
+            fields: Vec::new(),
+            states: Vec::new(),
+            rec_id_field: "rec".into(),
+            members: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_stale_object_is_forgotten_under_the_name_it_was_asked_for() {
+        let catalog = Catalog::default();
+        // Asked for as "incidents", CSM's summary named it "Incident" (the fallback to its first summary).
+        let kept = object("Incident", "Incidents");
+        catalog.objects.lock().unwrap().insert("incidents".into(), Arc::clone(&kept));
+        // Another caller's copy, already replaced: nothing is forgotten.
+        catalog.forget(&object("Incident", "Incidents"));
+        assert!(catalog.cached("Incidents").is_some());
+        catalog.forget(&kept);
+        assert!(catalog.cached("Incidents").is_none(), "read again on the next use");
+    }
 }

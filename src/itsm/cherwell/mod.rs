@@ -294,7 +294,31 @@ impl Connector for Cherwell {
         close_code: &str,
         close_notes: &str,
     ) -> Result<(), ItsmError> {
-        self.set_fields(item, requests::resolve_fields(&self.settings, close_code, close_notes)).await
+        self.incident_only(item.kind)?;
+        let named: Vec<(Vec<String>, String)> = requests::resolve_fields(&self.settings, close_code, close_notes)
+            .into_iter()
+            .map(|(n, v)| (vec![n], v))
+            .collect();
+        self.with_object(&self.settings.incident_object, |object| {
+            let named = &named;
+            async move {
+                // A person may have resolved or closed it since: their close stands.
+                let status = object.require(&self.settings.status_field, "ITSMC_CHERWELL_STATUS_FIELD")?.name.clone();
+                let record = self.client.send(&requests::read(&object.id, &item.id)).await?;
+                let current = field(&record, &status).unwrap_or_default().trim();
+                if !self.status_active(current) || current.eq_ignore_ascii_case(&self.settings.resolved_status) {
+                    tracing::info!(
+                        incident = item.number.as_deref().unwrap_or(&item.id),
+                        status = current,
+                        "the Cherwell incident is already resolved or closed; leaving it as it is"
+                    );
+                    return Ok(());
+                }
+                let fields = self.resolve_fields(&object, named)?;
+                self.save(&object, Some(&item.id), &fields).await.map(drop)
+            }
+        })
+        .await
     }
 
     async fn reopen(&self, item: &WorkItem, _content: &Content, note: &str) -> Result<(), ItsmError> {

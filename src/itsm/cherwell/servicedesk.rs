@@ -201,24 +201,45 @@ fn field_value<'v>(fields: &'v [Value], field: &super::catalog::Field) -> Option
     found.get("value").and_then(Value::as_str)
 }
 
+/// The page's records. One CSM sent without a record id or with an empty or unreadable last-modified time is
+/// left out, with a warning naming it, so that it does not stop the sync of its kind; but when no record of
+/// the page has a time in the date format and some have one in another shape, the format is wrong (the API
+/// user's culture is not `ITSMC_CHERWELL_DATE_FORMAT`), and that is an error saying so.
 fn records(body: &Value, plan: &Plan, kind: SyncKind, connection: &str, format: &str) -> Result<Vec<Record>, Failure> {
     let mut out = Vec::new();
+    // A value in another shape than the format, as an example for the error.
+    let mut unreadable: Option<(String, String)> = None;
+    let mut skipped = 0usize;
     for object in body.get("businessObjects").and_then(Value::as_array).into_iter().flatten() {
         let id = object.get("busObRecId").and_then(Value::as_str).unwrap_or_default().to_string();
+        let public_id = object.get("busObPublicId").and_then(Value::as_str).unwrap_or_default();
         let fields = object.get("fields").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let raw = field_value(fields, &plan.modified).unwrap_or_default();
         let Some(time) = parse_time(raw, format) else {
-            return Err(Failure::Itsm(ItsmError::Rejected(format!(
-                "Cherwell sent {} '{raw}' for record {id}, which is not in the date format '{format}'; set \
-                 ITSMC_CHERWELL_DATE_FORMAT to the API user's",
-                plan.modified.name
-            ))));
+            if !raw.trim().is_empty() && unreadable.is_none() {
+                unreadable = Some((raw.to_string(), if id.is_empty() { public_id.to_string() } else { id.clone() }));
+            }
+            skipped += 1;
+            tracing::warn!(
+                kind = kind.name(),
+                public_id,
+                rec_id = id,
+                value = raw,
+                format,
+                "Cherwell sent a record whose {} is {}; leaving it out of the sync",
+                plan.modified.name,
+                if raw.trim().is_empty() { "empty" } else { "not in the date format" }
+            );
+            continue;
         };
         if id.is_empty() {
-            return Err(Failure::Itsm(ItsmError::Transient {
-                message: "Cherwell sent a search result without busObRecId".into(),
-                retry_after: None,
-            }));
+            skipped += 1;
+            tracing::warn!(
+                kind = kind.name(),
+                public_id,
+                "Cherwell sent a search result without busObRecId; leaving it out of the sync"
+            );
+            continue;
         }
         let mut row = schema::service_desk().row();
         row.set(plan.connection_column, connection);
@@ -234,6 +255,15 @@ fn records(body: &Value, plan: &Plan, kind: SyncKind, connection: &str, format: 
         }
         let updated = kinds::format_time(time.and_utc());
         out.push(Record { time, change: Change { updated, id: id.clone(), row }, id });
+    }
+    if out.is_empty()
+        && let Some((raw, id)) = unreadable
+    {
+        return Err(Failure::Itsm(ItsmError::Rejected(format!(
+            "Cherwell sent {} '{raw}' for record {id}, which is not in the date format '{format}' (nor is the \
+             time of any of the page's {skipped} records); set ITSMC_CHERWELL_DATE_FORMAT to the API user's",
+            plan.modified.name
+        ))));
     }
     Ok(out)
 }
