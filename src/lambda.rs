@@ -70,14 +70,11 @@ pub async fn run(config: Result<Config, String>) -> Result<(), String> {
             return Err(message);
         }
     };
-    let flusher = tokio::spawn(crate::sync::flush_log_every(Arc::clone(&function.app.syncer)));
     let handler = lambda_http::service_fn(move |event: LambdaEvent<Invocation>| {
         let function = Arc::clone(&function);
         async move { function.invoke(event).await }
     });
-    let ran = lambda_http::lambda_runtime::run(handler).await;
-    flusher.abort();
-    ran.map_err(|e| format!("the Lambda runtime stopped: {e}"))
+    lambda_http::lambda_runtime::run(handler).await.map_err(|e| format!("the Lambda runtime stopped: {e}"))
 }
 
 async fn start(config: Result<Config, String>) -> Result<App, String> {

@@ -1,6 +1,7 @@
-//! The timer's work, whichever platform fires it: the Functions host's timer trigger
-//! (`server::functions`, every `ITSMC_SYNC_SCHEDULE`) or Lambda's EventBridge schedule (`lambda`). One tick drains the outbox, deletes finished deliveries past their keeping
-//! time, syncs the connections into Log Analytics and refreshes connections' configuration once a day.
+//! The timer's work, whichever clock fires it: the Functions host's timer trigger (`server::functions`),
+//! Lambda's EventBridge schedule (`lambda`) or `itsmc serve`'s own clock. One tick drains the outbox, deletes
+//! finished deliveries past their keeping time, syncs the connections into Log Analytics and refreshes the
+//! connections' configuration once a day.
 
 use std::sync::Arc;
 
