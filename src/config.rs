@@ -485,6 +485,25 @@ fn file_product<T>(
     })
 }
 
+/// Whether `text` is a GUID, `8-4-4-4-12` hex digits.
+pub(crate) fn is_guid(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A GUID setting (braces allowed), lower-cased; `what` says what it is, for the error.
+pub(crate) fn guid(setting: &str, raw: &str, what: &str) -> Result<String, ConfigError> {
+    let text = raw.trim().trim_start_matches('{').trim_end_matches('}');
+    if !is_guid(text) {
+        return Err(invalid(setting, format!("'{raw}' is not a GUID ({what})")));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
 /// An https URL (http only to this machine), as every endpoint itsmc talks to must be.
 fn https_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;

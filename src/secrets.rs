@@ -550,7 +550,7 @@ fn client_secret_credential(http: &reqwest::Client) -> Result<Option<Arc<dyn Tok
 
 /// azure_identity 1.0 cannot parse Entra's error body (its `error_description` has escapes), so Entra's
 /// reason arrives quoted inside a parse error: take the `AADSTSnnnn: ...` sentence back out.
-fn entra_reason(text: &str) -> Option<String> {
+pub(crate) fn entra_reason(text: &str) -> Option<String> {
     let reason = &text[text.find("AADSTS")?..];
     let end = ["\\r\\n", "\"", " Trace ID:", " To troubleshoot"]
         .iter()
@@ -1018,7 +1018,7 @@ fn joined<'a>(errors: impl Iterator<Item = &'a (dyn std::error::Error + 'static)
     clip(&text)
 }
 
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -17,6 +17,14 @@ use serde::Serialize;
 use crate::config::{Connection, Product};
 use crate::workitem::{Content, WorkItemType};
 
+/// `text` cut to at most `max` characters (not bytes: a cut never splits one).
+pub fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
+    }
+}
+
 /// A work item in the ITSM tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WorkItem {

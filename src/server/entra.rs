@@ -58,6 +58,7 @@
 //! Under the Azure Functions host the `Authorization` header reaches the custom handler unchanged
 //! (request forwarding); the function's own key check (`authLevel`) is separate and still applies.
 
+use crate::config::is_guid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -188,15 +189,6 @@ impl EntraSettings {
         let authority = lookup("ITSMC_ENTRA_AUTHORITY");
         EntraSettings::new(&tenant_id, audiences, require_role, authority.as_deref()).map(Some)
     }
-}
-
-fn is_guid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 /// GUIDs compare case-insensitively (Entra writes them in lower case, people paste them in any case);

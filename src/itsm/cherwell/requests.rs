@@ -2,6 +2,7 @@
 //! fields (by name), and one function per API operation building a [`Request`] from business object and field
 //! ids. The client sends them; the ids come from the connection's cached configuration ([`super::catalog`]).
 
+use crate::itsm::truncate;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -148,13 +149,6 @@ pub const TRANSLATED: &[(&str, &[&str])] = &[
     ("short_description", &["ShortDescription"]),
     ("description", &["Description"]),
 ];
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => text[..at].to_string(),
-        None => text.to_string(),
-    }
-}
 
 /// The fields of a new incident, by name (or, for a translated default, the candidate names), in order: the
 /// alert's title, description, priority and correlation key, then the connection's fields, which override.

@@ -12,6 +12,7 @@
 //! client secret kept in Key Vault is read again by [`Auth::reload`] after a refusal, since an operator may have
 //! rotated it.
 
+use crate::secrets::{entra_reason, one_line};
 use std::sync::Arc;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -234,28 +235,12 @@ impl Auth {
     }
 }
 
-/// `azure_identity` cannot always parse Entra's error body, whose description has escapes; Entra's reason,
-/// `AADSTSnnnn: ...`, is in the text either way: take its first sentence out.
-fn entra_reason(text: &str) -> Option<String> {
-    let reason = &text[text.find("AADSTS")?..];
-    let end = ["\\r\\n", "\r\n", "\"", " Trace ID:", " To troubleshoot"]
-        .iter()
-        .filter_map(|stop| reason.find(stop))
-        .min()
-        .unwrap_or(reason.len());
-    Some(reason[..end].trim_end().to_string())
-}
-
 /// `text` without `secret`.
 fn scrub(text: &str, secret: Option<&Secret>) -> String {
     match secret.map(Secret::expose) {
         Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
         _ => text.to_string(),
     }
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

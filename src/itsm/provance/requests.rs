@@ -7,6 +7,7 @@
 //! `Status`; a note is an `annotation` bound to the case through `objectid_incident@odata.bind`; lists page with
 //! `Prefer: odata.maxpagesize` and `@odata.nextLink`.
 
+use crate::itsm::truncate;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -62,13 +63,6 @@ impl Request {
 /// An OData string literal: quoted, a quote doubled.
 pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => text[..at].to_string(),
-        None => text.to_string(),
-    }
 }
 
 /// The newest case carrying this correlation key, open or not. `None` for an empty key, which would match every

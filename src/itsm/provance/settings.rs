@@ -4,6 +4,7 @@
 //! builds the file's lookup and renames the settings in errors.
 
 use crate::config::{ConfigError, Secret, SecretSetting, invalid};
+use crate::config::{guid, is_guid};
 
 /// Every setting of this file's own, as the environment names them (a connections file's `settings` table
 /// takes them without `ITSMC_`, in lower case).
@@ -275,20 +276,6 @@ fn column(setting: &str, raw: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(name.to_string())
-}
-
-fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn guid(setting: &str, raw: &str, what: &str) -> Result<String, ConfigError> {
-    let text = raw.trim().trim_start_matches('{').trim_end_matches('}');
-    if !is_guid(text) {
-        return Err(invalid(setting, format!("'{raw}' is not a GUID ({what})")));
-    }
-    Ok(text.to_ascii_lowercase())
 }
 
 /// `Column=field, Column=field`: `ServiceDesk_CL` columns of change requests and the columns they come from.

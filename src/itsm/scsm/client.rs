@@ -201,12 +201,12 @@ pub fn error_text(body: &str) -> String {
     };
     let text = field("ExceptionMessage").or_else(|| field("exception")).or_else(|| field("Message"));
     match text {
-        Some(text) => super::requests::truncate(text, 300),
+        Some(text) => crate::itsm::truncate(text, 300),
         None if parsed.as_ref().is_some_and(Value::is_string) => {
-            super::requests::truncate(parsed.as_ref().and_then(Value::as_str).unwrap_or_default(), 300)
+            crate::itsm::truncate(parsed.as_ref().and_then(Value::as_str).unwrap_or_default(), 300)
         }
         None if body.trim().is_empty() => "no error message".into(),
-        None => super::requests::truncate(body.trim(), 200),
+        None => crate::itsm::truncate(body.trim(), 200),
     }
 }
 

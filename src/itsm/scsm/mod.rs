@@ -66,7 +66,7 @@ impl Scsm {
             .get_or_try_init(|| async {
                 let answer = self.client.send(&requests::user_rights(&self.settings)).await?;
                 let id = requests::text(&answer, "Id").to_ascii_lowercase();
-                if !settings::is_guid(&id) {
+                if !crate::config::is_guid(&id) {
                     return Err(ItsmError::Rejected(format!(
                         "the Cireson portal does not know user '{}' (IsUserAuthorized answered no Id)",
                         self.settings.username

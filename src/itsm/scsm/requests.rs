@@ -8,6 +8,7 @@
 //! between the two. A new incident starts as `GET /api/V3/Projection/CreateProjectionByTemplate?id=<template>&
 //! createdById=<user>`, a projection of the template that is saved only by its commit.
 
+use crate::itsm::truncate;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -185,13 +186,6 @@ pub fn commit(original: &Value, current: &Value) -> Request {
         Vec::new(),
         json!({ "formJson": { "original": original, "current": current } }),
     )
-}
-
-pub fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => text[..at].to_string(),
-        None => text.to_string(),
-    }
 }
 
 fn enumeration(id: &str) -> Value {

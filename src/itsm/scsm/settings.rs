@@ -172,20 +172,9 @@ pub fn settings_from_lookup(
     })
 }
 
-/// A GUID as SCSM writes them (`8-4-4-4-12` hex digits, braces allowed), lowercased.
+/// A GUID as SCSM writes them (braces allowed), lowercased.
 fn guid(setting: &str, raw: &str) -> Result<String, ConfigError> {
-    let trimmed = raw.trim().trim_start_matches('{').trim_end_matches('}');
-    if is_guid(trimmed) {
-        Ok(trimmed.to_ascii_lowercase())
-    } else {
-        Err(invalid(setting, format!("'{raw}' is not a GUID (like {DEFAULT_TEMPLATE_ID})")))
-    }
-}
-
-pub(crate) fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+    crate::config::guid(setting, raw, &format!("like {DEFAULT_TEMPLATE_ID}"))
 }
 
 /// The portal's base URL: https (http only to this machine), no credentials, no trailing slash. A path is kept:

@@ -2,6 +2,7 @@
 //! sends it; dry-run records it. Keeping the mapping here, apart from sending, is what lets dry-run show
 //! the exact request.
 
+use crate::itsm::truncate;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -150,13 +151,6 @@ pub fn status(item_kind: WorkItemType, sys_id: &str) -> Request {
         format!("/api/now/table/{}/{sys_id}", table(item_kind)),
         vec![("sysparm_fields", FIELDS.into()), ("sysparm_exclude_reference_link", "true".into())],
     )
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => text[..at].to_string(),
-        None => text.to_string(),
-    }
 }
 
 fn event(connection: &Connection, content: &Content, severity: &str, description: &str) -> Request {
