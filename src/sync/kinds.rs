@@ -49,6 +49,11 @@ pub fn format_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format(TIME_FORMAT).to_string()
 }
 
+/// A time as the products' APIs and the `_t` columns take it: ISO 8601 in UTC, to the second.
+pub fn format_iso(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::NaiveDateTime::parse_from_str(text, TIME_FORMAT).ok().map(|t| t.and_utc())
 }

@@ -247,7 +247,7 @@ fn records(body: &Value, plan: &Plan, kind: SyncKind, connection: &str, format: 
         for (column, field, is_time) in &plan.columns {
             let value = field_value(fields, field).unwrap_or_default();
             if *is_time {
-                let iso = parse_time(value, format).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                let iso = parse_time(value, format).map(|t| crate::sync::kinds::format_iso(t.and_utc()));
                 row.set(*column, iso.as_deref().unwrap_or_default());
             } else {
                 row.set(*column, value);

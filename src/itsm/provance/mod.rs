@@ -127,7 +127,10 @@ impl Provance {
         keep: usize,
         page: usize,
     ) -> Result<Vec<Change>, ItsmError> {
-        let (from, until) = (iso(second), iso(second + chrono::Duration::seconds(1)));
+        let (from, until) = (
+            crate::sync::kinds::format_iso(second),
+            crate::sync::kinds::format_iso(second + chrono::Duration::seconds(1)),
+        );
         let mut request = requests::changes(&plan.entity_set, &plan.select, &plan.id_field, &from, Some(&until), page);
         let mut kept: Vec<Change> = Vec::new();
         loop {
@@ -182,10 +185,6 @@ impl Provance {
 /// A property as text (`""` when absent or not a string).
 fn text(record: &Value, name: &str) -> String {
     record.get(name).and_then(Value::as_str).unwrap_or_default().to_string()
-}
-
-fn iso(time: chrono::DateTime<chrono::Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn position(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ItsmError> {
@@ -289,7 +288,14 @@ impl Connector for Provance {
                 return self.second(&plan, position(updated)?, Some(after_id), limit, page).await;
             }
         };
-        let first = requests::changes(&plan.entity_set, &plan.select, &plan.id_field, &iso(from), None, page);
+        let first = requests::changes(
+            &plan.entity_set,
+            &plan.select,
+            &plan.id_field,
+            &crate::sync::kinds::format_iso(from),
+            None,
+            page,
+        );
         let mut changes = Vec::new();
         let more = self.read(&plan, first, limit, &mut changes).await?;
         if more && let Some(last) = changes.last().map(|c| c.updated.clone()) {

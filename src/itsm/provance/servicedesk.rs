@@ -124,7 +124,7 @@ impl Plan {
         for (column, field, time) in &self.columns {
             if *time {
                 let value = record.get(field).and_then(Value::as_str).and_then(parse_time);
-                row.set(*column, &value.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default());
+                row.set(*column, &value.map(crate::sync::kinds::format_iso).unwrap_or_default());
                 continue;
             }
             let formatted = record.get(&format!("{field}{FORMATTED}")).and_then(Value::as_str);

@@ -147,16 +147,12 @@ pub fn by_base_id(projection_id: &str, base_id: &str) -> Request {
 
 /// The work items of `kind` last modified in `[from, to)` (`to` open when `None`).
 pub fn modified(settings: &ScsmSettings, kind: SyncKind, from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Request {
-    let mut expressions = vec![compare(Left::Generic("LastModified"), Operator::GreaterEqual, &criteria_time(from))];
+    let mut expressions =
+        vec![compare(Left::Generic("LastModified"), Operator::GreaterEqual, &crate::sync::kinds::format_iso(from))];
     if let Some(to) = to {
-        expressions.push(compare(Left::Generic("LastModified"), Operator::Less, &criteria_time(to)));
+        expressions.push(compare(Left::Generic("LastModified"), Operator::Less, &crate::sync::kinds::format_iso(to)));
     }
     by_criteria(projection(settings, kind), all(expressions))
-}
-
-/// A time as criteria values take it: ISO 8601 in UTC.
-pub fn criteria_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The signed-in user's id, name and rights (`userName` and `domain` as the sign-in had them).

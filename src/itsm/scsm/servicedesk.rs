@@ -91,10 +91,6 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     (time.timestamp() >= -2_208_988_800).then_some(time)
 }
 
-fn iso(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 fn take(value: &Value, take: Take) -> Option<String> {
     let value = match (value, take) {
         (Value::Array(items), Display) => items.first()?,
@@ -109,7 +105,7 @@ fn take(value: &Value, take: Take) -> Option<String> {
         (Value::Object(o), Display) => {
             o.get("DisplayName").or_else(|| o.get("Name")).and_then(Value::as_str).map(str::to_string)
         }
-        (Value::String(s), Time) => parse_time(s).map(iso),
+        (Value::String(s), Time) => parse_time(s).map(crate::sync::kinds::format_iso),
         _ => None,
     }
     .filter(|s| !s.is_empty())
@@ -137,6 +133,8 @@ pub fn change(projection: &Value, kind: SyncKind, connection: &str) -> Option<Ch
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::sync::kinds::format_iso as iso;
 
     #[test]
     fn a_projection_becomes_a_row_of_display_names_and_iso_times() {
