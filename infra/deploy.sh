@@ -82,14 +82,6 @@ EOF
 # Helpers (the shared ones, `run` among them, are in lib.sh)
 # ---------------------------------------------------------------------------------------------
 
-step=''
-
-begin() {
-    step=$1
-    say ""
-    say "==> $1"
-}
-
 # retry WHAT run-arguments...: run, and run again after a pause while it fails (role assignments apply
 # within minutes of the deployment that made them; a new app's host starts, and makes its keys, within
 # minutes of its first package).
@@ -161,7 +153,7 @@ if [[ -n $plan && $plan != FlexConsumption && $plan != Consumption ]]; then
 fi
 if [[ -n $workspace ]]; then
     shopt -s nocasematch
-    if [[ ! $workspace =~ ^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.OperationalInsights/workspaces/[^/]+$ ]]; then
+    if [[ ! $workspace =~ $WORKSPACE_ID_RE ]]; then
         shopt -u nocasematch
         usage_error "--workspace: give the workspace's resource id, /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.OperationalInsights/workspaces/<name> (az monitor log-analytics workspace show -g GROUP -n NAME --query id -o tsv)"
     fi
@@ -205,14 +197,12 @@ on_exit() {
     local status=$?
     if ((status != 0)) && [[ -n $step ]]; then
         say ""
-        say "deploy.sh: failed during: $step (exit $status)"
+        say "$SCRIPT_NAME: failed during: $step (exit $status)"
     fi
 }
 trap on_exit EXIT
 
-if ((dry_run)); then
-    say "Dry run: the commands below are printed, not run."
-fi
+announce_dry_run
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites
@@ -248,7 +238,7 @@ if [[ ! -f $TEMPLATE ]]; then
     problem "$TEMPLATE is missing (this script deploys it from $repo_root)"
 fi
 if ((${#problems[@]})); then
-    say "deploy.sh: cannot deploy yet:"
+    say "$SCRIPT_NAME: cannot deploy yet:"
     for p in "${problems[@]}"; do
         say "  - $p"
     done
@@ -573,7 +563,7 @@ store_secret() {
         ((dry_run)) || say "stored $name"
         return 0
     fi
-    say "deploy.sh: could not store $name in Key Vault $out_keyVaultName. The deployment gave you Key Vault"
+    say "$SCRIPT_NAME: could not store $name in Key Vault $out_keyVaultName. The deployment gave you Key Vault"
     say "Secrets Officer on it; once that applies, run this script again, or store the secret yourself:"
     say "  printf '%s' \"\$$var\" | az keyvault secret set --vault-name $out_keyVaultName --name $name --file /dev/stdin --encoding utf-8 --output none"
     exit 1

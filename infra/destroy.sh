@@ -59,9 +59,7 @@ done
 
 check_resource_group "$resource_group"
 need_terminal_or_yes "$assume_yes" delete
-if ((dry_run)); then
-    say "Dry run: the commands below are printed, not run."
-fi
+announce_dry_run
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites
@@ -71,16 +69,6 @@ message=$(az_problem)
 if [[ -n $message ]]; then
     if ((dry_run)); then warn "$message"; else die "$message"; fi
 fi
-
-# lines TEXT ARRAY: the non-empty lines of TEXT into ARRAY.
-lines() {
-    local -n _lines_into=$2
-    local line
-    _lines_into=()
-    while IFS= read -r line; do
-        [[ -n $line ]] && _lines_into+=("$line")
-    done <<<"$1"
-}
 
 # ---------------------------------------------------------------------------------------------
 # What is there
@@ -136,18 +124,16 @@ fi
 # Delete
 # ---------------------------------------------------------------------------------------------
 
-say ""
-say "==> Deleting resource group $resource_group (this waits until Azure has finished)"
+begin "Deleting resource group $resource_group (this waits until Azure has finished)"
 run az group delete --name "$resource_group" --yes
 
 purge_failed=0
 if ((purge)); then
     for vault in "${vaults[@]}"; do
-        say ""
-        say "==> Purging soft-deleted Key Vault $vault"
+        begin "Purging soft-deleted Key Vault $vault"
         if ! run az keyvault purge --name "$vault"; then
             purge_failed=1
-            say "destroy.sh: could not purge $vault (purge protection on, or no permission to purge?): its name stays"
+            say "$SCRIPT_NAME: could not purge $vault (purge protection on, or no permission to purge?): its name stays"
             say "reserved until the retention period ends."
         fi
     done
@@ -170,10 +156,9 @@ if ((!purge)); then
     done
 fi
 
-workspace_re='^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.OperationalInsights/workspaces/([^/]+)$'
 for id in "${workspaces[@]}"; do
     shopt -s nocasematch
-    if [[ $id =~ $workspace_re ]]; then
+    if [[ $id =~ $WORKSPACE_ID_RE ]]; then
         ws_subscription=${BASH_REMATCH[1]} ws_group=${BASH_REMATCH[2]} ws_name=${BASH_REMATCH[3]}
     elif [[ $id == '<workspaceResourceId>' ]]; then
         ws_subscription='<subscriptionId>' ws_group='<workspaceResourceGroup>' ws_name='<workspaceName>'

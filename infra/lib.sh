@@ -15,11 +15,32 @@ SCRIPT_NAME=${0##*/}
 # Set to 1 by --dry-run: `run` then prints commands instead of running them.
 dry_run=0
 
+# A Log Analytics workspace's resource id: subscription, resource group and name in groups 1 to 3. Match it
+# with nocasematch on (Azure resource ids are case-insensitive).
+# shellcheck disable=SC2034 # used by deploy.sh and destroy.sh
+readonly WORKSPACE_ID_RE='^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.OperationalInsights/workspaces/([^/]+)$'
+
+# What the script is doing, for a failure message (set by `begin`).
+step=''
+
 # ---------------------------------------------------------------------------------------------
 # Output helpers
 # ---------------------------------------------------------------------------------------------
 
 say() { printf '%s\n' "$*" >&2; }
+# begin WHAT: a step's heading; WHAT is also $step, named if the script fails during it.
+begin() {
+    # shellcheck disable=SC2034 # read by deploy.sh's exit trap
+    step=$1
+    say ""
+    say "==> $1"
+}
+# announce_dry_run: say, in a dry run, that the commands are printed, not run.
+announce_dry_run() {
+    if ((dry_run)); then
+        say "Dry run: the commands below are printed, not run."
+    fi
+}
 warn() { printf '%s: warning: %s\n' "$SCRIPT_NAME" "$*" >&2; }
 die() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; exit 1; }
 usage_error() {
@@ -158,6 +179,16 @@ read_lines() {
         [[ $value == None ]] && value=''
         printf -v "${!i}" '%s' "$value"
     done
+}
+
+# lines TEXT ARRAY: the non-empty lines of TEXT into ARRAY.
+lines() {
+    local -n _lines_into=$2
+    local line
+    _lines_into=()
+    while IFS= read -r line; do
+        [[ -n $line ]] && _lines_into+=("$line")
+    done <<<"$1"
 }
 
 # placeholders NAME...: what read_lines takes, with <NAME> for each value (a dry run's answer).

@@ -450,7 +450,16 @@ fn the_scripts_share_one_run_from_lib_sh() {
     for name in ["deploy.sh", "destroy.sh"] {
         let text = read(&format!("infra/{name}"));
         assert!(text.contains(r#"source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh""#), "{name} must source lib.sh");
-        for helper in ["run() {", "quote_arg() {", "say() {", "die() {", "need_value() {", "read_lines() {"] {
+        for helper in [
+            "run() {",
+            "quote_arg() {",
+            "say() {",
+            "die() {",
+            "need_value() {",
+            "read_lines() {",
+            "begin() {",
+            "lines() {",
+        ] {
             assert!(!text.contains(helper), "{name} defines {helper} again: it belongs in lib.sh");
         }
     }
