@@ -505,7 +505,7 @@ pub(crate) fn guid(setting: &str, raw: &str, what: &str) -> Result<String, Confi
 }
 
 /// An https URL (http only to this machine), as every endpoint itsmc talks to must be.
-fn https_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
+pub(crate) fn https_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| invalid(setting, format!("'{raw}' is not a URL ({e})")))?;
     if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
         return Err(invalid(setting, format!("'{raw}' must be an https:// URL")));
@@ -548,11 +548,16 @@ const DEFAULT_CLOSE_NOTES: &str =
     "Resolved by Azure Monitor: alert \"{{ rule }}\" was resolved at {{ resolvedAt | default(\"(time not given)\") }}.";
 
 fn servicenow_url(setting: &str, raw: &str) -> Result<String, ConfigError> {
+    Ok(base_url(setting, raw)?.as_str().trim_end_matches('/').to_string())
+}
+
+/// A product's base URL: [`https_url`], with no credentials in it (they have settings of their own).
+pub(crate) fn base_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let url = https_url(setting, raw)?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(setting, "put credentials in their own settings, not in the URL"));
     }
-    Ok(url.as_str().trim_end_matches('/').to_string())
+    Ok(url)
 }
 
 /// The secrets of one connection, as settings give them; `vault_names`: Key Vault is configured, and what

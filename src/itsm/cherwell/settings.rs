@@ -228,13 +228,7 @@ pub fn settings_from_lookup(
 /// The REST API's base URL: https (http only to this machine), no credentials, no trailing slash; a bare host
 /// gets CSM's default path, `/CherwellAPI`.
 fn api_url(raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| invalid("ITSMC_URL", format!("'{raw}' is not a URL ({e})")))?;
-    if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
-        return Err(invalid("ITSMC_URL", format!("'{raw}' must be an https:// URL")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("ITSMC_URL", "put credentials in their own settings, not in the URL"));
-    }
+    let url = crate::config::base_url("ITSMC_URL", raw)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("ITSMC_URL", format!("'{raw}' has a query or fragment; give the REST API's base only")));
     }

@@ -156,10 +156,7 @@ pub fn settings_from_lookup(
 }
 
 fn organization_url(raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| invalid("ITSMC_URL", format!("'{raw}' is not a URL ({e})")))?;
-    if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
-        return Err(invalid("ITSMC_URL", format!("'{raw}' must be an https:// URL")));
-    }
+    let url = crate::config::https_url("ITSMC_URL", raw)?;
     if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
         return Err(invalid("ITSMC_URL", "give the environment URL alone, without credentials or a query"));
     }

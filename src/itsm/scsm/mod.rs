@@ -91,9 +91,8 @@ impl Scsm {
     /// The incident as the portal has it now, or `NotFound`.
     async fn read(&self, base_id: &str) -> Result<Value, ItsmError> {
         let answer = self.client.send(&requests::by_base_id(&self.settings.incident_projection_id, base_id)).await?;
-        requests::objects(&answer)
+        requests::into_objects(answer)
             .next()
-            .map(|o| Value::Object(o.clone()))
             .ok_or_else(|| ItsmError::NotFound(format!("the Cireson portal has no incident with BaseId {base_id}")))
     }
 
@@ -205,8 +204,7 @@ impl Connector for Scsm {
             return Ok(None);
         };
         let answer = self.client.send(&request).await?;
-        let newest = requests::objects(&answer)
-            .map(|o| Value::Object(o.clone()))
+        let newest = requests::into_objects(answer)
             .max_by_key(|p| (created(p), requests::text(p, "Id").len(), requests::text(p, "Id").to_string()));
         match newest {
             Some(projection) => Ok(Some(Found { item: self.work_item(&projection)?, active: is_active(&projection) })),

@@ -274,6 +274,15 @@ pub fn objects(answer: &Value) -> impl Iterator<Item = &Map<String, Value>> {
     answer.as_array().into_iter().flatten().filter_map(Value::as_object)
 }
 
+/// [`objects`], taken out of an answer the caller owns (no copies).
+pub fn into_objects(answer: Value) -> impl Iterator<Item = Value> {
+    let items = match answer {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    items.into_iter().filter(Value::is_object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

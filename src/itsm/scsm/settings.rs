@@ -180,13 +180,7 @@ fn guid(setting: &str, raw: &str) -> Result<String, ConfigError> {
 /// The portal's base URL: https (http only to this machine), no credentials, no trailing slash. A path is kept:
 /// some sites serve the portal under one.
 fn portal_url(raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| invalid("ITSMC_URL", format!("'{raw}' is not a URL ({e})")))?;
-    if url.scheme() != "https" && !(url.scheme() == "http" && crate::http::plain_http_allowed(&url)) {
-        return Err(invalid("ITSMC_URL", format!("'{raw}' must be an https:// URL")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("ITSMC_URL", "put credentials in their own settings, not in the URL"));
-    }
+    let url = crate::config::base_url("ITSMC_URL", raw)?;
     if url.query().is_some() {
         return Err(invalid("ITSMC_URL", "give the portal's base URL, without a query"));
     }
