@@ -17,6 +17,30 @@ use serde::Serialize;
 use crate::config::{Connection, Product};
 use crate::workitem::{Content, WorkItemType};
 
+/// A connection's secret: given in its settings, or read from Key Vault. `what` names it in the error when
+/// the vault is not configured ("password", "client secret"). A vault outage is transient; anything else the
+/// vault says needs the operator and counts as refused credentials (retried too, with the vault's advice).
+pub async fn read_secret(
+    setting: &crate::config::SecretSetting,
+    vault: Option<&crate::secrets::Secrets>,
+    what: &str,
+) -> Result<crate::config::Secret, ItsmError> {
+    use crate::config::SecretSetting;
+    match (setting, vault) {
+        (SecretSetting::Value(secret), _) => Ok(secret.clone()),
+        (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(|error| {
+            if error.is_transient() {
+                ItsmError::Transient { message: error.to_string(), retry_after: None }
+            } else {
+                ItsmError::Auth(error.to_string())
+            }
+        }),
+        (SecretSetting::KeyVault(name), None) => {
+            Err(ItsmError::Auth(format!("the {what} {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set")))
+        }
+    }
+}
+
 /// `text` cut to at most `max` characters (not bytes: a cut never splits one).
 pub fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {

@@ -131,19 +131,7 @@ impl Auth {
     }
 
     async fn password(&self) -> Result<Secret, ItsmError> {
-        match (&self.password, &self.vault) {
-            (SecretSetting::Value(secret), _) => Ok(secret.clone()),
-            (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(|e| {
-                if e.is_transient() {
-                    ItsmError::Transient { message: e.to_string(), retry_after: None }
-                } else {
-                    ItsmError::Auth(e.to_string())
-                }
-            }),
-            (SecretSetting::KeyVault(name), None) => Err(ItsmError::Auth(format!(
-                "the Cherwell password {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set"
-            ))),
-        }
+        crate::itsm::read_secret(&self.password, self.vault.as_deref(), "Cherwell password").await
     }
 
     async fn renew(&self, http: &reqwest::Client) -> Result<Secret, ItsmError> {

@@ -156,21 +156,13 @@ impl Auth {
                     .map_err(|e| TokenError::Refused(format!("the managed identity cannot be used: {e}")))
             }
             ProvanceAuth::ClientSecret { tenant_id, client_id, secret, authority } => {
-                let secret = match (secret, &self.vault) {
-                    (SecretSetting::Value(secret), _) => secret.clone(),
-                    (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(|e| {
-                        if e.is_transient() {
-                            TokenError::Unavailable(e.to_string())
-                        } else {
-                            TokenError::Refused(e.to_string())
-                        }
-                    })?,
-                    (SecretSetting::KeyVault(name), None) => {
-                        return Err(TokenError::Refused(format!(
-                            "the client secret {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set"
-                        )));
-                    }
-                };
+                let secret = crate::itsm::read_secret(secret, self.vault.as_deref(), "client secret").await.map_err(
+                    |error| match error {
+                        ItsmError::Transient { message, .. } => TokenError::Unavailable(message),
+                        ItsmError::Auth(message) => TokenError::Refused(message),
+                        other => TokenError::Refused(other.to_string()),
+                    },
+                )?;
                 let mut cloud = CustomConfiguration::default();
                 cloud.authority_host = authority.clone();
                 let options = ClientSecretCredentialOptions {

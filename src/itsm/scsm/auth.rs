@@ -15,7 +15,7 @@ use super::settings::ScsmSettings;
 use crate::config::{Secret, SecretSetting};
 use crate::http::retry_after;
 use crate::itsm::{ItsmError, SignInGuard};
-use crate::secrets::{SecretError, Secrets};
+use crate::secrets::Secrets;
 
 pub const TOKEN_PATH: &str = "/api/V3/Authorization/GetToken";
 
@@ -118,13 +118,7 @@ impl Auth {
     }
 
     async fn password(&self) -> Result<Secret, ItsmError> {
-        match (&self.password, &self.vault) {
-            (SecretSetting::Value(secret), _) => Ok(secret.clone()),
-            (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(vault_error),
-            (SecretSetting::KeyVault(name), None) => {
-                Err(ItsmError::Auth(format!("the password {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set")))
-            }
-        }
+        crate::itsm::read_secret(&self.password, self.vault.as_deref(), "password").await
     }
 
     async fn sign_in(&self, http: &reqwest::Client) -> Result<Secret, SignInError> {
@@ -184,14 +178,5 @@ impl Auth {
                 Some(status),
             )),
         }
-    }
-}
-
-/// A Key Vault failure as the outbox sees it: an outage is retried; anything else needs the operator.
-fn vault_error(error: SecretError) -> ItsmError {
-    if error.is_transient() {
-        ItsmError::Transient { message: error.to_string(), retry_after: None }
-    } else {
-        ItsmError::Auth(error.to_string())
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::config::{RefreshTokenPolicy, Secret, SecretSetting, ServiceNowAuth};
 use crate::itsm::ItsmError;
-use crate::secrets::{SecretError, Secrets};
+use crate::secrets::Secrets;
 
 use super::client::transport_error;
 use crate::http::retry_after;
@@ -122,13 +122,7 @@ impl Auth {
     }
 
     async fn secret(&self, setting: &SecretSetting) -> Result<Secret, ItsmError> {
-        match (setting, &self.vault) {
-            (SecretSetting::Value(secret), _) => Ok(secret.clone()),
-            (SecretSetting::KeyVault(name), Some(vault)) => vault.get(name).await.map_err(vault_error),
-            (SecretSetting::KeyVault(name), None) => Err(ItsmError::Auth(format!(
-                "the credential {name} is in Key Vault, but ITSMC_KEY_VAULT_URL is not set"
-            ))),
-        }
+        crate::itsm::read_secret(setting, self.vault.as_deref(), "credential").await
     }
 
     /// ServiceNow answered 401 to a bearer token: forget it, so the next `apply` renews it.
@@ -271,15 +265,5 @@ impl Auth {
                 retry_after: retry,
             }),
         }
-    }
-}
-
-/// A Key Vault failure as the outbox sees it: an outage is retried; anything else needs the operator, and
-/// is retried too (like a refused password), with the vault's advice in the message.
-fn vault_error(error: SecretError) -> ItsmError {
-    if error.is_transient() {
-        ItsmError::Transient { message: error.to_string(), retry_after: None }
-    } else {
-        ItsmError::Auth(error.to_string())
     }
 }
