@@ -20,20 +20,17 @@ mod proc;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::harness::{KillOnDrop, free_port};
 use support::itsm::EmulatedItsm;
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A distinct common-schema alert (about 2 KB) for index `i`.
@@ -79,16 +76,9 @@ fn alert(i: u64, tag: &str) -> String {
 }
 
 struct Itsmc {
-    child: Child,
+    child: KillOnDrop,
     url: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Itsmc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Start `itsmc serve` against `product` and return it with the time from spawn to its first answered health
@@ -135,7 +125,7 @@ fn start_itsmc(product: &dyn EmulatedItsm, settings: &[(&str, &str)]) -> (Itsmc,
     if let Some(stderr) = child.stderr.take() {
         std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
     }
-    (Itsmc { child, url: format!("http://{address}"), _dir: dir }, ready)
+    (Itsmc { child: KillOnDrop(child), url: format!("http://{address}"), _dir: dir }, ready)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::harness::{fixture, free_port};
+use support::harness::{KillOnDrop, fixture, free_port};
 
 #[tokio::test]
 async fn serve_runs_on_embedded_defaults() {
@@ -240,7 +240,7 @@ async fn the_package_runs_as_the_functions_host_starts_it() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ITSMC_API_KEY: remove it under the Functions host"));
 
-    let mut child = start(&[]);
+    let _child = KillOnDrop(start(&[]));
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     while !reqwest::get(format!("{url}/")).await.is_ok_and(|r| r.status() == 200) {
@@ -259,6 +259,4 @@ async fn the_package_runs_as_the_functions_host_starts_it() {
     assert!(timer["Outputs"].is_object() && timer["Logs"].is_array(), "{timer}");
     let returned: serde_json::Value = serde_json::from_str(timer["ReturnValue"].as_str().unwrap()).unwrap();
     assert!(returned["outbox"].is_object() && returned["sync"].is_object(), "{returned}");
-    let _ = child.kill();
-    let _ = child.wait();
 }

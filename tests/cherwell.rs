@@ -16,7 +16,7 @@ use support::cherwell::{
     CherwellEmulator, DEFAULT_CLIENT_ID, DEFAULT_CUSTOMER, DEFAULT_PASSWORD, DEFAULT_USERNAME, EmulatorConfig, Rights,
 };
 use support::harness::{Itsmc, eventually, fixture, metric_alert};
-use support::itsm::EmulatedItsm;
+use support::itsm::{EmulatedItsm, start_itsmc};
 
 fn emulator() -> CherwellEmulator {
     CherwellEmulator::start(EmulatorConfig::default())
@@ -24,14 +24,7 @@ fn emulator() -> CherwellEmulator {
 
 /// itsmc with the emulator's settings (as `EmulatedItsm` gives them) plus `extra`, which win.
 async fn itsmc(csm: &CherwellEmulator, extra: &[(&str, &str)]) -> Itsmc {
-    let mut settings: HashMap<String, String> = csm.settings().into_iter().collect();
-    settings.insert("ITSMC_CONNECTION_NAME".into(), "csm".into());
-    for (k, v) in extra {
-        settings.insert(k.to_string(), v.to_string());
-    }
-    settings.retain(|_, v| !v.is_empty());
-    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Itsmc::start(&pairs).await
+    start_itsmc(csm, Some("csm"), extra).await
 }
 
 fn fired(alert_id: &str, at: &str) -> String {

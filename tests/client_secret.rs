@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use azure_core::credentials::TokenCredential;
 use base64::Engine;
 use itsmc::ingest::Batch;
-use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
+use itsmc::ingest::client::LogsIngestion;
 use itsmc::secrets::{self, SecretError, Secrets, TokenCache};
 use serde_json::Value;
 
@@ -237,14 +237,7 @@ fn logs_ingestion_and_table_storage_tokens_come_through_itsmc_ca_file() {
         let http = world.itsmc_http();
         let credential = secrets::credential(http.clone(), None).expect("a client secret credential");
 
-        let settings = IngestionSettings {
-            endpoint: world.logs.url().parse().expect("the endpoint URL"),
-            rule: world.logs.dcr_immutable_id(),
-            service_desk_stream: None,
-            service_desk_log_stream: None,
-            client_id: None,
-        };
-        let ingestion = LogsIngestion::new(settings, credential.clone(), http);
+        let ingestion = LogsIngestion::new(world.logs.settings(), credential.clone(), http);
         let batch = Batch {
             schema: itsmc::sync::schema::service_desk(),
             json: r#"[{"TimeGenerated":"2025-01-01T00:00:00Z","ServiceDeskId_s":"INC0010001"}]"#.into(),

@@ -8,13 +8,13 @@
 mod azurite;
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
 use support::entra::{self, EntraEmulator};
-use support::harness::{eventually, fixture, free_port, metric_alert};
+use support::harness::{KillOnDrop, eventually, fixture, free_port, metric_alert};
 use support::identity::TokenRegistry;
 use support::lambda_runtime::{LambdaRuntime, Outcome};
 use support::logs_ingestion::LogsIngestionEmulator;
@@ -25,16 +25,6 @@ const USER: &str = "itsmc.integration";
 const PASSWORD: &str = "Pa55-w0rd-never-logged";
 const API_KEY: &str = "k3y-for-the-function-url-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A running itsmc process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn emulator() -> ServiceNowEmulator {
     ServiceNowEmulator::start(EmulatorConfig::default().with_user(USER, PASSWORD))
@@ -59,7 +49,7 @@ fn settings(sn: &ServiceNowEmulator, extra: &[(&str, &str)]) -> Vec<(String, Str
     settings
 }
 
-fn itsmc(args: &[&str], env: &[(String, String)]) -> Process {
+fn itsmc(args: &[&str], env: &[(String, String)]) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_itsmc"))
         .args(args)
         .env_clear()
@@ -69,18 +59,18 @@ fn itsmc(args: &[&str], env: &[(String, String)]) -> Process {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("itsmc starts");
-    Process(child)
+    KillOnDrop(child)
 }
 
 /// `itsmc` as Lambda starts its bootstrap: no arguments, the runtime's variables set.
-fn bootstrap(runtime: &LambdaRuntime, settings: &[(String, String)]) -> Process {
+fn bootstrap(runtime: &LambdaRuntime, settings: &[(String, String)]) -> KillOnDrop {
     let mut env = runtime.environment();
     env.extend_from_slice(settings);
     itsmc(&[], &env)
 }
 
 /// `itsmc serve` on a port of its own, once it answers.
-async fn server(settings: &[(String, String)]) -> (Process, String) {
+async fn server(settings: &[(String, String)]) -> (KillOnDrop, String) {
     let port = free_port();
     let process = itsmc(&["serve", "--port", &port.to_string()], settings);
     let url = format!("http://127.0.0.1:{port}");

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use itsmc::ingest::Sink;
-use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::harness::{Itsmc, eventually, metric_alert};
 use support::identity::{EndpointCredential, IdentityConfig, IdentityEmulator};
-use support::itsm::EmulatedItsm;
+use support::itsm::{EmulatedItsm, start_itsmc};
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_STREAM};
 use support::scsm::{ScsmConfig, ScsmEmulator};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
@@ -30,10 +28,7 @@ fn products() -> Vec<Box<dyn EmulatedItsm>> {
 }
 
 async fn itsmc_for(product: &dyn EmulatedItsm, extra: &[(&str, &str)]) -> Itsmc {
-    let settings = product.settings();
-    let mut env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend_from_slice(extra);
-    Itsmc::start(&env).await
+    start_itsmc(product, None, extra).await
 }
 
 #[tokio::test]
@@ -51,10 +46,8 @@ async fn fire_refire_resolve_make_one_work_item_per_problem() {
 
         let (_, again) = itsmc.alert("", &metric_alert("p-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         assert_eq!(again["action"], "duplicate", "{name}: the same delivery twice: {again}");
-        let mut refired: Value =
-            serde_json::from_str(&metric_alert("p-1", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).unwrap();
-        refired["data"]["essentials"]["firedDateTime"] = json!("2026-11-25T12:05:00.000Z");
-        let (_, updated) = itsmc.alert("", &refired.to_string()).await;
+        let refired = metric_alert("p-1", "Fired", "2026-11-25T12:05:00.000Z", "Sev4");
+        let (_, updated) = itsmc.alert("", &refired).await;
         assert_eq!(updated["action"], "updated", "{name}: {updated}");
         let items = product.items("Incident");
         assert_eq!(items.len(), 1, "{name}: a re-fire makes no second work item");
@@ -76,10 +69,8 @@ async fn a_refire_after_a_person_closed_it_opens_a_new_one() {
         itsmc.alert("", &metric_alert("p-2", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).await;
         let first = product.items("Incident")[0].id.clone();
         product.close(&first);
-        let mut refired: Value =
-            serde_json::from_str(&metric_alert("p-2", "Fired", "2026-11-25T12:00:00.000Z", "Sev4")).unwrap();
-        refired["data"]["essentials"]["firedDateTime"] = json!("2026-11-25T13:00:00.000Z");
-        let (_, answer) = itsmc.alert("", &refired.to_string()).await;
+        let refired = metric_alert("p-2", "Fired", "2026-11-25T13:00:00.000Z", "Sev4");
+        let (_, answer) = itsmc.alert("", &refired).await;
         assert_eq!(answer["action"], "created", "{name}: {answer}");
         let items = product.items("Incident");
         assert_eq!(items.len(), 2, "{name}");
@@ -118,17 +109,9 @@ async fn a_seeded_backlog_reaches_logs_ingestion_exactly_once() {
         let identity = IdentityEmulator::start(IdentityConfig::default());
         let ca = TestCa::new();
         let ingestion = LogsIngestionEmulator::start(&ca, identity.tokens());
-        let settings = IngestionSettings {
-            endpoint: ingestion.url().parse().unwrap(),
-            rule: ingestion.dcr_immutable_id(),
-            service_desk_stream: None,
-            service_desk_log_stream: None,
-            client_id: None,
-        };
         let credential = Arc::new(EndpointCredential { endpoint: identity.endpoint() });
         let http = itsmc::http::build_client(&ca.http_settings()).unwrap();
-        let sink = Sink::LogsIngestion(Box::new(LogsIngestion::new(settings, credential, http)));
-        let syncer = itsmc::sync::Syncer::new(Arc::clone(&itsmc.intake), sink);
+        let syncer = ingestion.syncer(&itsmc.intake, credential, http);
 
         let report = syncer.run(&itsmc::sync::Request::default(), &|_| {}).await.expect("the sync runs");
         for run in &report.runs {

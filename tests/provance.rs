@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 use chrono::Utc;
-use itsmc::ingest::Sink;
-use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
 use itsmc::sync::run::KindReport;
 use itsmc::sync::{Request, Syncer};
 use serde_json::{Map, Value, json};
 use support::harness::{Itsmc, eventually, free_port, metric_alert};
+use support::itsm::start_itsmc;
 use support::logs_ingestion::{LogsIngestionEmulator, SERVICE_DESK_STREAM};
 use support::provance::{
     self, ACCOUNT_ID, APP_ID, APP_SECRET, CHANGE_SET, CI_FIELD, CORRELATION_FIELD, ProvanceEmulator,
@@ -25,13 +24,7 @@ use support::provance::{
 const WRONG_SECRET: &str = "Wr0ngQ~s3cr3tThatEntraNeverIssued.zz9";
 
 async fn itsmc(dataverse: &ProvanceEmulator, extra: &[(&str, &str)]) -> Itsmc {
-    let mut settings: HashMap<String, String> = dataverse.connection_settings().into_iter().collect();
-    settings.insert("ITSMC_CONNECTION_NAME".into(), "prod".into());
-    for (k, v) in extra {
-        settings.insert(k.to_string(), v.to_string());
-    }
-    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Itsmc::start(&pairs).await
+    start_itsmc(dataverse, Some("prod"), extra).await
 }
 
 fn fired(alert_id: &str, at: &str) -> String {
@@ -574,15 +567,7 @@ impl World {
             Some(options),
         )
         .unwrap();
-        let settings = IngestionSettings {
-            endpoint: ingestion.url().parse().unwrap(),
-            rule: ingestion.dcr_immutable_id(),
-            service_desk_stream: None,
-            service_desk_log_stream: None,
-            client_id: None,
-        };
-        let client = LogsIngestion::new(settings, credential, http);
-        let syncer = Syncer::new(Arc::clone(&itsmc.intake), Sink::LogsIngestion(Box::new(client)));
+        let syncer = ingestion.syncer(&itsmc.intake, credential, http);
         World { dataverse, ingestion, itsmc, syncer }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use support::harness::{Itsmc, eventually, free_port, metric_alert};
+use support::itsm::start_itsmc;
 use support::scsm::*;
 
 fn settings(portal: &ScsmEmulator) -> Vec<(String, String)> {
@@ -17,14 +18,7 @@ fn settings(portal: &ScsmEmulator) -> Vec<(String, String)> {
 }
 
 async fn itsmc(portal: &ScsmEmulator, extra: &[(&str, &str)]) -> Itsmc {
-    let base = settings(portal);
-    let mut env: Vec<(&str, &str)> = base.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.push(("ITSMC_CONNECTION_NAME", "scsm"));
-    for (name, value) in extra {
-        env.retain(|(k, _)| k != name);
-        env.push((name, value));
-    }
-    Itsmc::start(&env).await
+    start_itsmc(portal, Some("scsm"), extra).await
 }
 
 fn incidents(portal: &ScsmEmulator) -> Vec<Map<String, Value>> {

@@ -9,8 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use itsmc::ingest::Sink;
-use itsmc::ingest::client::{IngestionSettings, LogsIngestion};
 use itsmc::store::{Filter, Table};
 use itsmc::sync::run::KindReport;
 use itsmc::sync::{Request, SyncKind, Syncer};
@@ -53,17 +51,9 @@ impl World {
     }
 
     fn syncer(itsmc: &Itsmc, identity: &IdentityEmulator, ingestion: &LogsIngestionEmulator, ca: &TestCa) -> Syncer {
-        let settings = IngestionSettings {
-            endpoint: ingestion.url().parse().unwrap(),
-            rule: ingestion.dcr_immutable_id(),
-            service_desk_stream: None,
-            service_desk_log_stream: None,
-            client_id: None,
-        };
         let credential = Arc::new(EndpointCredential { endpoint: identity.endpoint() });
         let http = itsmc::http::build_client(&ca.http_settings()).unwrap();
-        let client = LogsIngestion::new(settings, credential, http);
-        Syncer::new(Arc::clone(&itsmc.intake), Sink::LogsIngestion(Box::new(client)))
+        ingestion.syncer(&itsmc.intake, credential, http)
     }
 
     async fn sync(&self) -> Vec<KindReport> {

@@ -94,8 +94,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -108,9 +107,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
 
 use super::itsm::{EmulatedItem, EmulatedItsm};
+use super::serve::{Server, lock};
 
 /// The user [`EmulatorConfig::default`] knows.
 pub const DEFAULT_USERNAME: &str = "itsmc.api";
@@ -217,8 +216,7 @@ pub struct RequestLog {
 pub struct CherwellEmulator {
     addr: SocketAddr,
     instance: Arc<Mutex<Instance>>,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    _server: Server,
 }
 
 impl CherwellEmulator {
@@ -226,29 +224,11 @@ impl CherwellEmulator {
     /// real time when a test pauses tokio's clock).
     pub fn start(config: EmulatorConfig) -> CherwellEmulator {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("cherwell emulator: bind");
-        listener.set_nonblocking(true).expect("cherwell emulator: nonblocking");
         let addr = listener.local_addr().expect("cherwell emulator: address");
         let instance = Arc::new(Mutex::new(Instance::new(config)));
         let app = Router::new().fallback(handle).with_state(Arc::clone(&instance));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("cherwell-emulator".into())
-            .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-                else {
-                    return;
-                };
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })
-            .expect("cherwell emulator: thread");
-        CherwellEmulator { addr, instance, stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }
+        let server = Server::http("cherwell-emulator", listener, app);
+        CherwellEmulator { addr, instance, _server: server }
     }
 
     /// `http://127.0.0.1:PORT/CherwellAPI`, the REST API's base.
@@ -257,7 +237,7 @@ impl CherwellEmulator {
     }
 
     fn lock(&self) -> MutexGuard<'_, Instance> {
-        self.instance.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.instance)
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -420,17 +400,6 @@ impl CherwellEmulator {
     /// The date format the emulator writes.
     pub fn date_format(&self) -> String {
         self.lock().date_format.clone()
-    }
-}
-
-impl Drop for CherwellEmulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -882,13 +851,13 @@ type Shared = Arc<Mutex<Instance>>;
 async fn handle(State(instance): State<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
-    let latency = instance.lock().unwrap_or_else(PoisonError::into_inner).latency;
+    let latency = lock(&instance).latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
-    let mut guard = instance.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = lock(&instance);
     let reply = guard.respond(&parts.method, &path, &query, &parts.headers, &body);
     guard.requests.push(RequestLog {
         method: parts.method.to_string(),

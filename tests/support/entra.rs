@@ -74,7 +74,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -89,7 +89,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value, json};
 
 use super::identity::{IssuedToken, TokenRegistry};
-use super::serve::Server;
+use super::serve::{Server, lock, random_uuid};
 use super::tls::{TestCa, TlsServer};
 
 /// The emulated tenant (the GUID Microsoft's docs use in examples).
@@ -391,7 +391,7 @@ impl EntraEmulator {
             app.secrets.push(secret);
             return app.object_id.clone();
         }
-        let object_id = uuid();
+        let object_id = random_uuid();
         tenant.apps.push(AppRegistration {
             client_id: client_id.to_owned(),
             object_id: object_id.clone(),
@@ -559,16 +559,6 @@ fn opaque(length: usize) -> String {
     URL_SAFE_NO_PAD.encode(bytes).chars().take(length).collect()
 }
 
-/// A poisoned lock only means a test thread panicked mid-call; the server must keep answering.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn uuid() -> String {
-    let hex = hex::encode(rand::random::<[u8; 16]>());
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
-}
-
 enum Route {
     Config { v2: bool },
     Keys { v2: bool },
@@ -702,8 +692,8 @@ fn token(
         Err(Refusal(status, error, code, message)) => {
             record.status = status.as_u16();
             record.error_code = Some(code);
-            let trace_id = uuid();
-            let correlation_id = uuid();
+            let trace_id = random_uuid();
+            let correlation_id = random_uuid();
             let timestamp = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
             reply(
                 status,

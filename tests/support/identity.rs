@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -41,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::serve::Server;
+use super::serve::{Server, lock, random_uuid};
 
 /// The API version App Service's endpoint speaks (the only one this emulator accepts).
 pub const API_VERSION: &str = "2019-08-01";
@@ -237,11 +237,6 @@ impl IdentityEmulator {
     }
 }
 
-/// A poisoned lock only means a test thread panicked mid-call; the state is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 async fn token(
     State(shared): State<Shared>,
     method: axum::http::Method,
@@ -325,11 +320,6 @@ fn jwt_shaped(resource: &str, identity: &ManagedIdentity, expires_on: u64) -> St
     }));
     let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     format!("{header}.{payload}.{signature}")
-}
-
-fn random_uuid() -> String {
-    let hex = hex::encode(rand::random::<[u8; 16]>());
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// A managed identity as a credential object, for tests that build a client themselves rather than through

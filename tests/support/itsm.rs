@@ -2,8 +2,11 @@
 //! items as one shape, and the faults and changes a test makes. Each product's emulator implements
 //! [`EmulatedItsm`], so the alert path and the sync run table-driven over every product (`tests/products.rs`).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
+use super::harness::Itsmc;
 use super::servicenow::ServiceNowEmulator;
 
 /// A work item as a test looks at it, whatever the product keeps.
@@ -32,6 +35,21 @@ pub trait EmulatedItsm: Send + Sync {
     fn close(&self, id: &str);
     /// `n` records of `kind` last modified evenly between `from` and `to`, for the sync.
     fn seed(&self, kind: &str, n: usize, from: DateTime<Utc>, to: DateTime<Utc>);
+}
+
+/// itsmc with `product`'s settings, then `ITSMC_CONNECTION_NAME` when `name` is given, then `extra`, which win;
+/// a setting whose value ends up empty is left out.
+pub async fn start_itsmc(product: &dyn EmulatedItsm, name: Option<&str>, extra: &[(&str, &str)]) -> Itsmc {
+    let mut settings: HashMap<String, String> = product.settings().into_iter().collect();
+    if let Some(name) = name {
+        settings.insert("ITSMC_CONNECTION_NAME".into(), name.into());
+    }
+    for (k, v) in extra {
+        settings.insert(k.to_string(), v.to_string());
+    }
+    settings.retain(|_, v| !v.is_empty());
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Itsmc::start(&pairs).await
 }
 
 impl EmulatedItsm for ServiceNowEmulator {

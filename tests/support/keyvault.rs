@@ -47,7 +47,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -58,6 +58,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::identity::{TENANT_ID, TokenCheck, TokenRegistry};
+use super::serve::lock;
 use super::tls::{TestCa, TlsServer};
 
 /// The emulated vault's name.
@@ -239,11 +240,6 @@ impl KeyVaultEmulator {
     fn lock(&self) -> MutexGuard<'_, Vault> {
         lock(&self.shared)
     }
-}
-
-/// A poisoned lock only means a test thread panicked mid-call; the state is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn now_secs() -> u64 {

@@ -25,7 +25,7 @@
 //! responses, extensions and the telemetry API.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 
-use super::serve::Server;
+use super::serve::{Server, lock};
 
 /// The largest response a synchronous invocation may return.
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
@@ -68,7 +68,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.queue)
     }
 }
 

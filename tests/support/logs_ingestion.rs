@@ -97,7 +97,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -110,6 +110,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::identity::{TokenCheck, TokenRegistry};
+use super::serve::{lock, random_uuid};
 use super::tls::{TestCa, TlsServer};
 
 /// The API version the overview documents.
@@ -427,6 +428,28 @@ impl LogsIngestionEmulator {
         self.lock().rules.first().map(|(id, _)| id.clone()).unwrap_or_default()
     }
 
+    /// itsmc's Logs Ingestion settings for this emulator: its endpoint and first DCR, the default streams.
+    pub fn settings(&self) -> itsmc::ingest::client::IngestionSettings {
+        itsmc::ingest::client::IngestionSettings {
+            endpoint: self.url().parse().unwrap(),
+            rule: self.dcr_immutable_id(),
+            service_desk_stream: None,
+            service_desk_log_stream: None,
+            client_id: None,
+        }
+    }
+
+    /// A production syncer of `intake` sending to this emulator with `credential`'s tokens over `http`.
+    pub fn syncer(
+        &self,
+        intake: &Arc<itsmc::intake::Intake>,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        http: reqwest::Client,
+    ) -> itsmc::sync::Syncer {
+        let client = itsmc::ingest::client::LogsIngestion::new(self.settings(), credential, http);
+        itsmc::sync::Syncer::new(Arc::clone(intake), itsmc::ingest::Sink::LogsIngestion(Box::new(client)))
+    }
+
     /// `{url}/dataCollectionRules/{dcr}/streams/{stream}?api-version=2023-01-01` for the first DCR.
     pub fn upload_url(&self, stream: &str) -> String {
         format!(
@@ -562,11 +585,6 @@ impl LogsIngestionEmulator {
     fn lock(&self) -> MutexGuard<'_, Ingest> {
         lock(&self.shared)
     }
-}
-
-/// A poisoned lock only means a test thread panicked mid-call; the state is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,11 +888,6 @@ fn with_ids(mut response: Response, client_request_id: Option<&str>) -> Response
         headers.insert("x-ms-client-request-id", id);
     }
     response
-}
-
-fn random_uuid() -> String {
-    let hex = hex::encode(rand::random::<[u8; 16]>());
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -100,6 +100,7 @@ use serde_json::{Map, Value, json};
 use super::entra::{self, EntraEmulator};
 use super::identity::{TokenCheck, TokenRegistry};
 use super::itsm::{EmulatedItem, EmulatedItsm};
+use super::serve::{lock, random_uuid};
 use super::tls::{TestCa, TlsServer};
 
 /// The app registration itsmc signs in with, registered in the emulator's tenant with [`APP_SECRET`].
@@ -429,10 +430,6 @@ type Shared = Arc<Mutex<Org>>;
 /// A body's raw values, and the entity set each lookup it binds points into.
 type Checked = (Map<String, Value>, HashMap<String, String>);
 
-fn lock(org: &Shared) -> MutexGuard<'_, Org> {
-    org.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A running environment with its tenant. Dropping it stops both.
 pub struct ProvanceEmulator {
     org: Shared,
@@ -468,8 +465,8 @@ impl ProvanceEmulator {
             url: format!("https://127.0.0.1:{}", addr.port()),
             tables,
             users: Vec::new(),
-            organization_id: guid(),
-            business_unit_id: guid(),
+            organization_id: random_uuid(),
+            business_unit_id: random_uuid(),
             tokens,
             revoked: HashSet::new(),
             down: false,
@@ -762,11 +759,6 @@ fn spread(n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<i64> {
     (0..n).map(|i| if n <= 1 { a } else { a + (b - a) * i as i64 / (n as i64 - 1) }).collect()
 }
 
-fn guid() -> String {
-    let hex = hex::encode(rand::random::<[u8; 16]>());
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
-}
-
 /// A uniqueidentifier's sort key as SQL Server orders it: the last group first, then the fourth, third,
 /// second and first.
 fn guid_key(id: &str) -> String {
@@ -837,7 +829,7 @@ impl Org {
     fn store(&mut self, set: &str, id: Option<String>, mut values: Map<String, Value>) -> String {
         let version = self.next_version();
         let table = self.tables.get_mut(set).expect("a known table");
-        let id = id.unwrap_or_else(guid).to_ascii_lowercase();
+        let id = id.unwrap_or_else(random_uuid).to_ascii_lowercase();
         values.insert(table.id.into(), json!(id));
         table.index.insert(id.clone(), table.records.len());
         table.records.push(Record { id: id.clone(), values, targets: HashMap::new(), version });
@@ -1028,7 +1020,7 @@ impl Org {
         let (mut values, mut targets) = self.values(table, body)?;
         let id = match values.remove(table.id) {
             Some(Value::String(id)) if uuid_shaped(&id) => id.to_ascii_lowercase(),
-            _ => guid(),
+            _ => random_uuid(),
         };
         if table.record(&id).is_some() {
             return Err(fail(412, "", "A record with matching key values already exists."));
@@ -1667,7 +1659,7 @@ fn require(o: &Org, user: &AppUser, action: &str, set: &str) -> Result<(), Failu
                 id = user.user_id,
                 roles = usize::from(!held.is_empty()),
                 count = held.len(),
-                pid = guid(),
+                pid = random_uuid(),
                 otc = table.otc,
                 logical = table.logical,
             ),
@@ -1922,7 +1914,10 @@ fn metadata(o: &Org, call: &Call) -> Result<Response, Failure> {
             json!({ "Value": value, "Label": { "LocalizedLabels": [label.clone()], "UserLocalizedLabel": label } })
         })
         .collect();
-    Ok(reply(200, Some(json!({ "LogicalName": attribute, "MetadataId": guid(), "OptionSet": { "Options": options } }))))
+    Ok(reply(
+        200,
+        Some(json!({ "LogicalName": attribute, "MetadataId": random_uuid(), "OptionSet": { "Options": options } })),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

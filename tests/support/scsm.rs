@@ -81,8 +81,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -94,9 +93,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
 
 use super::itsm::{EmulatedItem, EmulatedItsm};
+use super::serve::{Server, lock};
 
 /// The user [`ScsmConfig::default`] knows, as the portal's sign-in takes it.
 pub const USERNAME: &str = "CONTOSO\\svc-itsmc";
@@ -285,8 +284,7 @@ pub struct RequestLog {
 pub struct ScsmEmulator {
     addr: SocketAddr,
     state: Arc<Mutex<Portal>>,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    _server: Server,
 }
 
 struct Portal {
@@ -312,15 +310,10 @@ struct Portal {
     rng: StdRng,
 }
 
-fn lock(state: &Mutex<Portal>) -> MutexGuard<'_, Portal> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl ScsmEmulator {
     /// Binds `127.0.0.1:0` and serves on its own thread and runtime, so it works from any test.
     pub fn start(config: ScsmConfig) -> ScsmEmulator {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("scsm emulator: bind");
-        listener.set_nonblocking(true).expect("scsm emulator: nonblocking");
         let addr = listener.local_addr().expect("scsm emulator: address");
         let mut rng = StdRng::seed_from_u64(0x5c5e_c1e5_0f7a_1234);
         let users = config.users.into_iter().map(|u| (u, guid(&mut rng))).collect();
@@ -346,25 +339,8 @@ impl ScsmEmulator {
             .insert(DEFAULT_INCIDENT_TEMPLATE.into(), ("Default Incident Template".into(), incident_defaults()));
         let state = Arc::new(Mutex::new(portal));
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("scsm-emulator".into())
-            .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-                else {
-                    return;
-                };
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })
-            .expect("scsm emulator: thread");
-        ScsmEmulator { addr, state, stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }
+        let server = Server::http("scsm-emulator", listener, app);
+        ScsmEmulator { addr, state, _server: server }
     }
 
     /// `http://127.0.0.1:PORT`, the portal URL to give itsmc.
@@ -532,17 +508,6 @@ impl ScsmEmulator {
             object.insert("LastModified".into(), json!(time_text(modified)));
             portal.order.push(base.clone());
             portal.objects.insert(base, object);
-        }
-    }
-}
-
-impl Drop for ScsmEmulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = thread.join();
         }
     }
 }

@@ -2,11 +2,23 @@
 //! (a paused clock, a blocked thread, a test that has finished), and stops when dropped.
 
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use axum::Router;
 use tokio::sync::oneshot;
+
+/// A poisoned lock only means a test thread panicked mid-call; the state is still usable and the server must keep
+/// answering.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A random UUID, formatted `8-4-4-4-12` in lowercase hex.
+pub fn random_uuid() -> String {
+    let hex = hex::encode(rand::random::<[u8; 16]>());
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
 
 pub struct Server {
     stop: Mutex<Option<oneshot::Sender<()>>>,
@@ -52,10 +64,10 @@ impl Server {
 
     /// Stop serving and wait for the thread; later calls do nothing.
     pub fn shutdown(&self) {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(stop) = lock(&self.stop).take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
         }
     }

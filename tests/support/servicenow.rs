@@ -146,7 +146,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -162,6 +162,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
+
+use super::serve::lock;
 
 /// User accepted by [`EmulatorConfig::default`].
 pub const DEFAULT_USERNAME: &str = "admin";
@@ -279,7 +281,7 @@ impl ServiceNowEmulator {
     /// Stops serving and closes the port. Idempotent; dropping the emulator does the same.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
@@ -561,12 +563,6 @@ enum Command {
     StopListening(std::sync::mpsc::Sender<()>),
     Resume(std::sync::mpsc::Sender<std::io::Result<()>>),
     Shutdown,
-}
-
-/// A poisoned lock only means a test thread panicked mid-call; the state is still usable, and the
-/// server must keep answering.
-fn lock(instance: &Mutex<Instance>) -> MutexGuard<'_, Instance> {
-    instance.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn run_server(
