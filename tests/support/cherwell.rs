@@ -1551,16 +1551,25 @@ impl Instance {
 
     fn matches(&self, field: &FieldDef, operator: &str, operand: &str, record: &Rec) -> bool {
         use std::cmp::Ordering::{Equal, Greater, Less};
-        match operator.to_ascii_lowercase().as_str() {
-            "eq" => match field.kind {
-                Kind::Text | Kind::Logical => self.value(field, record).eq_ignore_ascii_case(operand),
+        let is = |name: &str| operator.eq_ignore_ascii_case(name);
+        if is("eq") {
+            match field.kind {
+                Kind::Text | Kind::Logical if field.name != "RecID" => {
+                    record.text(&field.name).eq_ignore_ascii_case(operand)
+                }
+                Kind::Text | Kind::Logical => record.rec_id.eq_ignore_ascii_case(operand),
                 _ => self.compare(field, record, operand) == Some(Equal),
-            },
-            "gt" => self.compare(field, record, operand) == Some(Greater),
-            "lt" => self.compare(field, record, operand) == Some(Less),
-            "contains" => self.value(field, record).to_lowercase().contains(&operand.to_lowercase()),
-            "startswith" => self.value(field, record).to_lowercase().starts_with(&operand.to_lowercase()),
-            _ => false,
+            }
+        } else if is("gt") {
+            self.compare(field, record, operand) == Some(Greater)
+        } else if is("lt") {
+            self.compare(field, record, operand) == Some(Less)
+        } else if is("contains") {
+            self.value(field, record).to_lowercase().contains(&operand.to_lowercase())
+        } else if is("startswith") {
+            self.value(field, record).to_lowercase().starts_with(&operand.to_lowercase())
+        } else {
+            false
         }
     }
 

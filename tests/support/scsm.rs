@@ -294,8 +294,10 @@ struct Portal {
     tokens: BTreeMap<String, (usize, Instant)>,
     down: bool,
     failures: VecDeque<(u16, Option<u64>)>,
-    /// BaseId → the work item, with its class name.
+    /// BaseId → the work item, with its class name. Changed only through [`Portal::put`].
     objects: BTreeMap<String, Map<String, Value>>,
+    /// The correlation property's value (lower case) → the BaseIds that have it: SCSM's index on the column.
+    correlated: BTreeMap<String, Vec<String>>,
     /// BaseIds in creation order.
     order: Vec<String>,
     /// SCSM numbers every work item from one sequence.
@@ -325,6 +327,7 @@ impl ScsmEmulator {
             down: false,
             failures: VecDeque::new(),
             objects: BTreeMap::new(),
+            correlated: BTreeMap::new(),
             order: Vec::new(),
             sequence: 1000,
             templates: BTreeMap::new(),
@@ -430,12 +433,13 @@ impl ScsmEmulator {
         let Some(base) = portal.find(id) else { return };
         let now = now_text();
         let Value::Object(values) = values else { return };
-        let object = portal.objects.get_mut(&base).expect("found");
+        let mut object = portal.objects[&base].clone();
         for (name, value) in values {
             object.insert(name.clone(), normalize(&name, value).unwrap_or(Value::Null));
         }
-        status_effects(object, &now);
+        status_effects(&mut object, &now);
         object.insert("LastModified".into(), json!(now));
+        portal.put(base, object);
     }
 
     /// The next `times` commits of a stored work item each find that an analyst saved it after itsmc read it (its
@@ -507,7 +511,7 @@ impl ScsmEmulator {
             object.insert("CreatedDate".into(), json!(time_text(created)));
             object.insert("LastModified".into(), json!(time_text(modified)));
             portal.order.push(base.clone());
-            portal.objects.insert(base, object);
+            portal.put(base, object);
         }
     }
 }
@@ -757,26 +761,26 @@ impl Portal {
             return Reply::exception("The criteria has no expression.");
         };
         // SCSM parses the criteria before it reads anything: a wrong one fails on an empty store too.
-        if let Err(message) = matches(expression, &Map::new()) {
-            return Reply::exception(&message);
-        }
+        let criteria = match Criteria::parse(expression) {
+            Ok(criteria) => criteria,
+            Err(message) => return Reply::exception(&message),
+        };
+        let candidates: Box<dyn Iterator<Item = &Map<String, Value>>> = match criteria.key() {
+            Some(("BaseId", base)) => Box::new(self.objects.get(base).into_iter()),
+            Some((_, key)) => Box::new(self.correlated.get(key).into_iter().flatten().map(|base| &self.objects[base])),
+            None => Box::new(self.objects.values()),
+        };
         let mut found = Vec::new();
-        for object in self.objects.values() {
-            if object.get("ClassName").and_then(Value::as_str) != Some(class) {
+        for object in candidates {
+            if object.get("ClassName").and_then(Value::as_str) != Some(class) || !criteria.matches(object) {
                 continue;
             }
-            match matches(expression, object) {
-                Ok(true) => {
-                    let mut answered = object.clone();
-                    let base = object.get("BaseId").and_then(Value::as_str).unwrap_or_default();
-                    for property in self.hidden.get(base).into_iter().flatten() {
-                        answered.remove(property);
-                    }
-                    found.push(Value::Object(answered));
-                }
-                Ok(false) => {}
-                Err(message) => return Reply::exception(&message),
+            let mut answered = object.clone();
+            let base = object.get("BaseId").and_then(Value::as_str).unwrap_or_default();
+            for property in self.hidden.get(base).into_iter().flatten() {
+                answered.remove(property);
             }
+            found.push(Value::Object(answered));
         }
         Reply::ok(Value::Array(found))
     }
@@ -837,7 +841,7 @@ impl Portal {
             }
             status_effects(&mut changed, &now);
             changed.insert("LastModified".into(), json!(now));
-            self.objects.insert(base.clone(), changed);
+            self.put(base.clone(), changed);
             return Reply::ok(json!({ "success": true, "BaseId": base }));
         }
         // New: the class from the projection, the number from the sequence.
@@ -862,8 +866,22 @@ impl Portal {
         status_effects(&mut object, &now);
         object.insert("LastModified".into(), json!(now));
         self.order.push(base.clone());
-        self.objects.insert(base.clone(), object);
+        self.put(base.clone(), object);
         Reply::ok(json!({ "success": true, "BaseId": base }))
+    }
+
+    /// Stores a work item, keeping the correlation index.
+    fn put(&mut self, base: String, object: Map<String, Value>) {
+        let key = |object: &Map<String, Value>| {
+            object.get(CORRELATION_PROPERTY).and_then(Value::as_str).map(str::to_ascii_lowercase)
+        };
+        if let Some(bases) = self.objects.get(&base).and_then(key).and_then(|old| self.correlated.get_mut(&old)) {
+            bases.retain(|b| *b != base);
+        }
+        if let Some(new) = key(&object) {
+            self.correlated.entry(new).or_default().push(base.clone());
+        }
+        self.objects.insert(base, object);
     }
 
     fn find(&self, id: &str) -> Option<String> {
@@ -967,79 +985,141 @@ fn incident_defaults() -> Map<String, Value> {
 // Criteria
 // ---------------------------------------------------------------------------------------------
 
-fn matches(expression: &Value, object: &Map<String, Value>) -> Result<bool, String> {
-    if let Some(simple) = expression.get("SimpleExpression") {
-        return simple_matches(simple, object);
-    }
-    for (group, all) in [("And", true), ("Or", false)] {
-        if let Some(inner) = expression.get(group) {
-            let items = match inner.get("Expression") {
-                Some(Value::Array(items)) => items.clone(),
-                Some(single) => vec![single.clone()],
-                None => return Err(format!("{group} has no Expression.")),
-            };
-            let mut results = Vec::new();
-            for item in &items {
-                results.push(matches(item, object)?);
-            }
-            return Ok(if all { results.iter().all(|r| *r) } else { results.iter().any(|r| *r) });
-        }
-    }
-    Err(format!("The criteria expression {expression} is not valid."))
+/// A criteria expression, parsed once per query (as SCSM's criteria parser does before it reads anything) and
+/// then tried on each work item.
+enum Criteria {
+    Simple { left: Left, operator: Operator, right: String, right_time: Option<DateTime<Utc>> },
+    All(Vec<Criteria>),
+    Any(Vec<Criteria>),
 }
 
-fn simple_matches(simple: &Value, object: &Map<String, Value>) -> Result<bool, String> {
-    let left = simple.get("ValueExpressionLeft").ok_or("ValueExpressionLeft is missing.")?;
-    let operator = simple.get("Operator").and_then(Value::as_str).ok_or("Operator is missing.")?;
-    let right = simple.pointer("/ValueExpressionRight/Value").and_then(Value::as_str).ok_or("Value is missing.")?;
-    let value: Value = if let Some(generic) = left.get("GenericProperty").and_then(Value::as_str) {
-        match generic {
-            "Id" => object.get("BaseId").cloned().unwrap_or(Value::Null),
-            "LastModified" => object.get("LastModified").cloned().unwrap_or(Value::Null),
-            "TimeAdded" => object.get("CreatedDate").cloned().unwrap_or(Value::Null),
-            "Name" | "DisplayName" => object.get("Id").cloned().unwrap_or(Value::Null),
-            other => return Err(format!("'{other}' is not a generic property.")),
+/// What a simple expression compares: a property of the work item, by the name it is stored under.
+enum Left {
+    /// A generic property (`Id`, `LastModified`...), stored as a plain value.
+    Generic(&'static str),
+    /// A class property; an enumeration compares by its id.
+    Property(String),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Operator {
+    Equal,
+    NotEqual,
+    Greater,
+    GreaterEqual,
+    Less,
+    LessEqual,
+    Like,
+}
+
+impl Criteria {
+    fn parse(expression: &Value) -> Result<Criteria, String> {
+        if let Some(simple) = expression.get("SimpleExpression") {
+            return Criteria::simple(simple);
         }
-    } else if let Some(path) = left.get("Property").and_then(Value::as_str) {
-        let (type_id, name) = property_path(path).ok_or_else(|| format!("'{path}' is not a property path."))?;
-        let declared = match type_id.as_str() {
-            INCIDENT_CLASS => INCIDENT_PROPERTIES.contains(&name.as_str()),
-            CHANGE_CLASS => CHANGE_PROPERTIES.contains(&name.as_str()),
-            EXTENSION_CLASS_ID => name == CORRELATION_PROPERTY,
-            other => return Err(format!("The type '{other}' was not found.")),
+        for (group, all) in [("And", true), ("Or", false)] {
+            if let Some(inner) = expression.get(group) {
+                let items = match inner.get("Expression") {
+                    Some(Value::Array(items)) => items.iter().map(Criteria::parse).collect::<Result<_, _>>()?,
+                    Some(single) => vec![Criteria::parse(single)?],
+                    None => return Err(format!("{group} has no Expression.")),
+                };
+                return Ok(if all { Criteria::All(items) } else { Criteria::Any(items) });
+            }
+        }
+        Err(format!("The criteria expression {expression} is not valid."))
+    }
+
+    fn simple(simple: &Value) -> Result<Criteria, String> {
+        let left = simple.get("ValueExpressionLeft").ok_or("ValueExpressionLeft is missing.")?;
+        let operator = simple.get("Operator").and_then(Value::as_str).ok_or("Operator is missing.")?;
+        let right = simple.pointer("/ValueExpressionRight/Value").and_then(Value::as_str).ok_or("Value is missing.")?;
+        let left = if let Some(generic) = left.get("GenericProperty").and_then(Value::as_str) {
+            Left::Generic(match generic {
+                "Id" => "BaseId",
+                "LastModified" => "LastModified",
+                "TimeAdded" => "CreatedDate",
+                "Name" | "DisplayName" => "Id",
+                other => return Err(format!("'{other}' is not a generic property.")),
+            })
+        } else if let Some(path) = left.get("Property").and_then(Value::as_str) {
+            let (type_id, name) = property_path(path).ok_or_else(|| format!("'{path}' is not a property path."))?;
+            let declared = match type_id.as_str() {
+                INCIDENT_CLASS => INCIDENT_PROPERTIES.contains(&name.as_str()),
+                CHANGE_CLASS => CHANGE_PROPERTIES.contains(&name.as_str()),
+                EXTENSION_CLASS_ID => name == CORRELATION_PROPERTY,
+                other => return Err(format!("The type '{other}' was not found.")),
+            };
+            if !declared {
+                return Err(format!("The property '{name}' is not defined on type '{type_id}'."));
+            }
+            Left::Property(name)
+        } else {
+            return Err("ValueExpressionLeft names no property.".into());
         };
-        if !declared {
-            return Err(format!("The property '{name}' is not defined on type '{type_id}'."));
+        let operator = match operator {
+            "Equal" => Operator::Equal,
+            "NotEqual" => Operator::NotEqual,
+            "Greater" => Operator::Greater,
+            "GreaterEqual" => Operator::GreaterEqual,
+            "Less" => Operator::Less,
+            "LessEqual" => Operator::LessEqual,
+            "Like" => Operator::Like,
+            other => return Err(format!("'{other}' is not an operator.")),
+        };
+        Ok(Criteria::Simple { left, operator, right: right.to_ascii_lowercase(), right_time: parse_time(right) })
+    }
+
+    /// Where the criteria is one equality on an indexed column (the BaseId, or the correlation property), that
+    /// column and the value: SCSM seeks the index rather than scanning.
+    fn key(&self) -> Option<(&str, &str)> {
+        match self {
+            Criteria::Simple { left: Left::Generic("BaseId"), operator: Operator::Equal, right, .. } => {
+                Some(("BaseId", right))
+            }
+            Criteria::Simple { left: Left::Property(name), operator: Operator::Equal, right, .. }
+                if name == CORRELATION_PROPERTY =>
+            {
+                Some((CORRELATION_PROPERTY, right))
+            }
+            _ => None,
         }
-        match object.get(&name) {
-            Some(Value::Object(e)) => e.get("Id").cloned().unwrap_or(Value::Null),
-            Some(value) => value.clone(),
-            None => Value::Null,
+    }
+
+    fn matches(&self, object: &Map<String, Value>) -> bool {
+        let (left, operator, right, right_time) = match self {
+            Criteria::All(items) => return items.iter().all(|c| c.matches(object)),
+            Criteria::Any(items) => return items.iter().any(|c| c.matches(object)),
+            Criteria::Simple { left, operator, right, right_time } => (left, *operator, right, right_time),
+        };
+        let value = match left {
+            Left::Generic(name) => object.get(*name),
+            Left::Property(name) => match object.get(name) {
+                Some(Value::Object(enumeration)) => enumeration.get("Id"),
+                value => value,
+            },
+        };
+        let text = match value {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+            Some(other) => Some(std::borrow::Cow::Owned(other.to_string())),
+        };
+        let ordering = match (&text, right_time) {
+            (Some(t), Some(r)) if parse_time(t).is_some() => parse_time(t).map(|t| t.cmp(r)),
+            (Some(t), _) => Some(t.bytes().map(|b| b.to_ascii_lowercase()).cmp(right.bytes())),
+            (None, _) => None,
+        };
+        use std::cmp::Ordering::*;
+        match operator {
+            Operator::Equal => ordering == Some(Equal),
+            Operator::NotEqual => ordering != Some(Equal),
+            Operator::Greater => ordering == Some(Greater),
+            Operator::GreaterEqual => matches!(ordering, Some(Greater | Equal)),
+            Operator::Less => ordering == Some(Less),
+            Operator::LessEqual => matches!(ordering, Some(Less | Equal)),
+            Operator::Like => text.is_some_and(|t| like(&t.to_ascii_lowercase(), right)),
         }
-    } else {
-        return Err("ValueExpressionLeft names no property.".into());
-    };
-    let text = match &value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    };
-    let ordering = match (&text, parse_time(right)) {
-        (Some(t), Some(r)) if parse_time(t).is_some() => parse_time(t).map(|t| t.cmp(&r)),
-        (Some(t), _) => Some(t.to_ascii_lowercase().cmp(&right.to_ascii_lowercase())),
-        (None, _) => None,
-    };
-    use std::cmp::Ordering::*;
-    Ok(match operator {
-        "Equal" => ordering == Some(Equal),
-        "NotEqual" => ordering != Some(Equal),
-        "Greater" => ordering == Some(Greater),
-        "GreaterEqual" => matches!(ordering, Some(Greater | Equal)),
-        "Less" => ordering == Some(Less),
-        "LessEqual" => matches!(ordering, Some(Less | Equal)),
-        "Like" => text.is_some_and(|t| like(&t.to_ascii_lowercase(), &right.to_ascii_lowercase())),
-        other => return Err(format!("'{other}' is not an operator.")),
-    })
+    }
 }
 
 /// `$Context/Property[Type='<id>']/Name$` → (id, name).
