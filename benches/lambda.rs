@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench --bench lambda`.
 
+#[path = "support/app.rs"]
+mod app;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -35,11 +38,7 @@ fn function_url_event(method: &str, path: &str, body: &str) -> Vec<u8> {
 
 fn adapter(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().display().to_string();
-    let config = itsmc::config::Config::from_lookup(|name| (name == "ITSMC_DATA_DIR").then(|| data_dir.clone()))
-        .expect("the embedded defaults");
-    let app = runtime.block_on(itsmc::App::start(config)).expect("itsmc starts");
+    let (app, _dir) = app::embedded(&runtime);
     let router = app.router();
     let function = Function::new(app);
     let alert = fixture("azure-monitor/cas-test-metric-static-fired.json");

@@ -255,6 +255,17 @@ module workspace 'modules/workspace.bicep' = {
   }
 }
 
+// The tiles ITSMC's solution showed, as an Azure Workbook on the workspace (content: workbook.json).
+module workbook 'modules/workbook.bicep' = {
+  name: 'itsmc-workbook'
+  params: {
+    displayName: 'IT Service Management Connector (${namePrefix})'
+    location: location
+    tags: tags
+    workspaceId: workspace.outputs.id
+  }
+}
+
 module storage 'modules/storage.bicep' = {
   name: 'itsmc-storage'
   params: {
@@ -385,6 +396,7 @@ output keyVaultName string = keyVault.outputs.name
 output keyVaultUri string = keyVault.outputs.uri
 output storageAccountName string = storage.outputs.name
 output workspaceResourceId string = workspace.outputs.id
+output workbookId string = workbook.outputs.id
 output logsIngestionEndpoint string = monitoring.outputs.logsIngestionEndpoint
 output dcrImmutableId string = monitoring.outputs.dcrImmutableId
 output planKind string = planKind

@@ -100,6 +100,20 @@ pub fn failure(error: &reqwest::Error) -> String {
     if detail.is_empty() { reason.to_string() } else { format!("{reason} ({detail})") }
 }
 
+/// Percent-encodes everything but the unreserved characters, for a path segment or a query value (where `+`
+/// would otherwise read as a space).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,7 +236,7 @@ impl Intake {
         let link = Link::claim(
             &resolved.connection,
             &alert.rule,
-            plan.configuration_item.as_deref().unwrap_or_default(),
+            &plan.configuration_item.unwrap_or_else(|| alert.configuration_item()),
             delivery,
             self.lease_until(),
         );
@@ -570,26 +570,29 @@ impl Failure {
 /// The link between a correlation key and its work item, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Link {
+pub(crate) struct Link {
     /// `creating` (claimed, the work item may not exist yet), `open`, or `resolved` (by us).
-    state: String,
+    pub state: String,
     #[serde(default)]
-    owner: String,
+    pub owner: String,
     #[serde(default)]
-    lease_until: i64,
-    work_item: Option<WorkItem>,
+    pub lease_until: i64,
+    pub work_item: Option<WorkItem>,
     #[serde(default)]
-    fire_count: u64,
+    pub fire_count: u64,
     #[serde(default)]
-    last_delivery: String,
+    pub last_delivery: String,
     #[serde(default)]
-    connection: String,
+    pub connection: String,
     #[serde(default)]
-    rule: String,
+    pub rule: String,
     #[serde(default)]
-    configuration_item: String,
+    pub configuration_item: String,
+    /// When the work item was created (Unix milliseconds; 0 in links written before this was kept).
     #[serde(default)]
-    updated_at: i64,
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
 }
 
 impl Link {
@@ -604,6 +607,7 @@ impl Link {
             connection: connection.into(),
             rule: rule.into(),
             configuration_item: configuration_item.into(),
+            created_at: 0,
             updated_at: now_ms(),
         }
     }
@@ -781,6 +785,9 @@ impl Step<'_> {
         link.state = "open".into();
         link.work_item = Some(item.clone());
         link.fire_count += 1;
+        if action == Action::Created {
+            link.created_at = now_ms();
+        }
         link.last_delivery = self.delivery.into();
         link.lease_until = 0;
         link.updated_at = now_ms();

@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod config;
 pub mod connections;
+pub mod dashboard;
 pub mod http;
 pub mod ingest;
 pub mod intake;

@@ -191,6 +191,48 @@ async fn dead_letter(intake: &Intake, key: &str, etag: &str, mut record: Value, 
     let _ = intake.store.replace(Table::Deliveries, key, &record, etag).await;
 }
 
+/// What an operator's retry of a dead letter did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum Revived {
+    /// Back in the outbox, due now.
+    Pending,
+    /// No delivery has that key.
+    NotFound,
+    /// It is not dead (pending or done): nothing to retry.
+    NotDead { state: String },
+}
+
+/// Puts a dead letter back in the outbox, due now, with its attempts and age started over (an operator fixed what
+/// stopped it, or wants it tried once more).
+pub async fn revive(intake: &Intake, key: &str) -> Result<Revived, crate::store::StoreError> {
+    for _ in 0..5 {
+        let Some(entry) = intake.store.get(Table::Deliveries, key).await? else {
+            return Ok(Revived::NotFound);
+        };
+        let mut record = entry.value;
+        let state = record["state"].as_str().unwrap_or_default().to_string();
+        if state != "dead" {
+            return Ok(Revived::NotDead { state });
+        }
+        let now = now_ms();
+        record["state"] = json!("pending");
+        record["attempts"] = json!(0);
+        record["firstSeenAt"] = json!(now);
+        record["nextAttemptAt"] = json!(now);
+        record["leaseUntil"] = json!(0);
+        if let Some(map) = record.as_object_mut() {
+            map.remove("deadAt");
+        }
+        if let Swap::Replaced { .. } = intake.store.replace(Table::Deliveries, key, &record, &entry.etag).await? {
+            tracing::info!(delivery = key, "dead letter put back in the outbox by an operator");
+            intake.wakeup.at(now);
+            return Ok(Revived::Pending);
+        }
+    }
+    Err(crate::store::StoreError::Unavailable(format!("delivery {key} kept changing while it was retried")))
+}
+
 /// The local background worker: drains when something is due, and rescans every 30 s.
 pub async fn run_worker(intake: Arc<Intake>) {
     const RESCAN: i64 = 30_000;

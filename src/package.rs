@@ -11,10 +11,12 @@ use flate2::Compression;
 use flate2::write::DeflateEncoder;
 
 /// `host.json` and the function folders, as the repository has them.
-pub const FILES: [(&str, &str); 7] = [
+pub const FILES: [(&str, &str); 9] = [
     ("host.json", include_str!("../host.json")),
     ("function-alert/function.json", include_str!("../function-alert/function.json")),
     ("function-connections/function.json", include_str!("../function-connections/function.json")),
+    ("function-dashboard/function.json", include_str!("../function-dashboard/function.json")),
+    ("function-deliveries/function.json", include_str!("../function-deliveries/function.json")),
     ("function-health/function.json", include_str!("../function-health/function.json")),
     ("function-servicedesk/function.json", include_str!("../function-servicedesk/function.json")),
     ("function-sync/function.json", include_str!("../function-sync/function.json")),

@@ -135,6 +135,15 @@ impl Alert {
         self.target_resources.first().map(String::as_str)
     }
 
+    /// The computer or resource the alert is about: its first configuration item, else its first target
+    /// resource's name (empty when it has neither).
+    pub fn configuration_item(&self) -> String {
+        match self.configuration_items.first() {
+            Some(item) => item.clone(),
+            None => crate::workitem::ResourceId::parse(self.first_target().unwrap_or_default()).name.to_string(),
+        }
+    }
+
     /// Rows of a log search result, for per-row grouping (ITSMC's Event mode): one JSON object per row,
     /// column name to value. Empty when the payload carries no results.
     ///

@@ -4,7 +4,8 @@
 //! Routes: `GET /` and `GET /api/health` (readiness), `POST /api/alert` (function-alert),
 //! `POST /function-sync` (the timer, in the Functions invocation envelope), `GET /api/workitems`,
 //! `GET /api/servicedesk` (the rows the sync keeps locally when no Logs Ingestion endpoint is set),
-//! `POST /api/connections/{name}/test|refresh` (connection care).
+//! `POST /api/connections/{name}/test|refresh` (connection care), `GET /api/dashboard` (and `GET /` from a
+//! browser when no key is set) and `POST /api/deliveries/{key}/retry` (`crate::dashboard`).
 
 mod alert;
 pub mod entra;
@@ -32,6 +33,7 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 pub struct Shared {
     pub intake: Arc<Intake>,
     pub syncer: Arc<Syncer>,
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl axum::extract::FromRef<Shared> for Arc<Intake> {
@@ -59,7 +61,9 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
         .route("/api/workitems", get(workitems))
         .route("/api/servicedesk", get(servicedesk))
         .route("/api/connections/{name}/test", post(test_connection))
-        .route("/api/connections/{name}/refresh", post(refresh_connection));
+        .route("/api/connections/{name}/refresh", post(refresh_connection))
+        .route("/api/dashboard", get(crate::dashboard::page))
+        .route("/api/deliveries/{key}/retry", post(crate::dashboard::retry));
     // The readiness probe stays open; behind a key, it says only that itsmc is ready, since the health
     // document names endpoints, connections and their problems, and reads the store.
     let readiness = match intake.config.api_key.clone() {
@@ -67,7 +71,7 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
             routes = routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(key), require_api_key));
             get(|| async { axum::Json(json!({ "status": "ready", "version": env!("CARGO_PKG_VERSION") })) })
         }
-        None => get(health),
+        None => get(front),
     };
     routes
         .route("/", readiness)
@@ -75,7 +79,37 @@ pub fn router(intake: Arc<Intake>, syncer: Arc<Syncer>, entra: Option<Arc<entra:
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(Shared { intake, syncer })
+        .layer(axum::middleware::from_fn(refuse_cross_site))
+        .with_state(Shared { intake, syncer, dashboard: Default::default() })
+}
+
+/// `GET /` with no key set: the dashboard for a browser (it asks for HTML), the health document for the rest
+/// (probes, scripts).
+async fn front(
+    state: axum::extract::State<Shared>,
+    query: axum::extract::Query<crate::dashboard::PageQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let wants_html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        crate::dashboard::page(state, query).await
+    } else {
+        health(axum::extract::State(Arc::clone(&state.intake)), axum::extract::State(Arc::clone(&state.syncer))).await
+    }
+}
+
+/// A browser's request to change something, sent by a page of another site (a form or `fetch` posting to
+/// `127.0.0.1:7071`, where no key guards the routes): refused. Browsers say where a request comes from in
+/// `Sec-Fetch-Site`; action groups, scripts and the dashboard's own buttons are not cross-site.
+async fn refuse_cross_site(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let cross_site = request.headers().get("sec-fetch-site").is_some_and(|site| site == "cross-site");
+    if cross_site && request.method() != axum::http::Method::GET {
+        return error(StatusCode::FORBIDDEN, "cross_site", "itsmc takes no changes from another site's pages");
+    }
+    next.run(request).await
 }
 
 /// `ITSMC_API_KEY`, given the way the Functions host takes its keys: `?code=` or the `x-functions-key` header.

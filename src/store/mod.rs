@@ -101,21 +101,44 @@ pub enum StoreError {
 }
 
 /// Insert, or replace whatever is there: for values whose last writer wins (a cache, the local rows). A
-/// concurrent writer of the same key is retried against a few times.
-pub async fn upsert(store: &dyn Store, table: Table, key: &str, value: &Value) -> Result<(), StoreError> {
+/// concurrent writer of the same key is retried against a few times. Answers the value replaced, if any.
+pub async fn upsert(store: &dyn Store, table: Table, key: &str, value: &Value) -> Result<Option<Value>, StoreError> {
     let mut current = match store.insert(table, key, value).await? {
-        Insert::Inserted { .. } => return Ok(()),
+        Insert::Inserted { .. } => return Ok(None),
         Insert::Conflict(entry) => entry,
     };
     for _ in 0..5 {
         match store.replace(table, key, value, &current.etag).await? {
-            Swap::Replaced { .. } => return Ok(()),
+            Swap::Replaced { .. } => return Ok(Some(current.value)),
             Swap::Stale(Some(now)) => current = now,
             Swap::Stale(None) => {
                 if let Insert::Inserted { .. } = store.insert(table, key, value).await? {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
+        }
+    }
+    Err(StoreError::Unavailable(format!("{key} kept changing while it was written")))
+}
+
+/// Read, change and write back one value, trying again when someone else wrote it in between (for values
+/// several writers add to, such as a count). `change` gets `Value::Null` when the key is absent.
+pub async fn update(store: &dyn Store, table: Table, key: &str, change: impl Fn(&mut Value)) -> Result<(), StoreError> {
+    for _ in 0..20 {
+        let written = match store.get(table, key).await? {
+            Some(entry) => {
+                let mut value = entry.value;
+                change(&mut value);
+                matches!(store.replace(table, key, &value, &entry.etag).await?, Swap::Replaced { .. })
+            }
+            None => {
+                let mut value = Value::Null;
+                change(&mut value);
+                matches!(store.insert(table, key, &value).await?, Insert::Inserted { .. })
+            }
+        };
+        if written {
+            return Ok(());
         }
     }
     Err(StoreError::Unavailable(format!("{key} kept changing while it was written")))

@@ -65,6 +65,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{Entry, Filter, Insert, Page, Store, StoreError, Swap, Table};
+use crate::http::percent_encode;
 use crate::secrets::TokenCache;
 use auth::{Auth, STORAGE_SCOPE};
 use entity::{check_key, decode, encode, field_property, indexed_value, is_service_etag, partition_key, shown};
@@ -496,20 +497,6 @@ impl Reply {
 /// An OData string literal: quoted, with quotes doubled.
 fn odata_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Percent-encodes everything but the unreserved characters, for keys in the path and values in the
-/// query (where `+` would otherwise read as a space).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ impl<'a> Scope<'a> {
     pub fn new(alert: &'a Alert) -> Scope<'a> {
         let resource = alert.first_target().unwrap_or_default();
         let parts = ResourceId::parse(resource);
-        let configuration_item = alert.configuration_items.first().cloned().unwrap_or_else(|| parts.name.to_string());
+        let configuration_item = alert.configuration_item();
         let properties: Map<String, Value> =
             alert.custom_properties.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         let names = json!({

@@ -4,6 +4,7 @@
 //! production clients run unchanged against it; only the base URL differs. Test files pull these in
 //! with `mod support;`.
 
+pub mod browser;
 #[allow(dead_code)]
 pub mod cherwell;
 #[allow(dead_code)]
