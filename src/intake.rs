@@ -429,6 +429,7 @@ impl Intake {
             Some(number) => format!("{operation} {number} for alert rule '{}'", alert.rule),
             None => format!("{operation}: alert rule '{}'", alert.rule),
         };
+        let computer = alert.configuration_item();
         self.log.record(Event {
             connection: &resolved.connection,
             operation,
@@ -437,7 +438,10 @@ impl Intake {
             error: result.as_ref().err().map(ToString::to_string),
             error_code,
             alert_id: alert.id.as_deref(),
+            rule: Some(&alert.rule),
             work_item: number,
+            work_item_type: work_item.map(|w| w.item.kind.as_str()),
+            computer: Some(&computer).filter(|c| !c.is_empty()).map(String::as_str),
             http_status: Some(http_status),
             attempt: Some(attempt),
             duration_ms: Some(took.as_millis() as u64),

@@ -561,6 +561,9 @@ async fn alert_operations_are_logged_to_service_desk_log() {
     assert_eq!(text(ok, "ServiceDeskConnectionName_s"), "prod");
     assert!(text(ok, "AlertId_s").ends_with("/alerts/logged-1"));
     assert!(text(ok, "Message").contains(number) && text(ok, "Message").contains("cpu-high"));
+    // What the workbook's tiles group by, in columns of their own.
+    let grouped = (text(ok, "AlertRule_s"), text(ok, "WorkItemType_s"), text(ok, "Computer"));
+    assert_eq!(grouped, ("cpu-high", "Incident", "vm1"));
     assert_eq!(
         (ok["Status_b"].as_bool(), ok["HttpStatus_d"].as_f64(), ok["Attempt_d"].as_f64()),
         (Some(true), Some(200.0), Some(1.0))

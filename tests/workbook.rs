@@ -343,7 +343,7 @@ fn the_checker_finds_what_it_should() {
     let found = problems("ServiceDesk_CL | where Bogus_s == 'x'");
     assert!(found.iter().any(|p| p.starts_with("Bogus_s ")), "{found:?}");
     // Declared, but by the other table.
-    let found = problems("ServiceDeskLog_CL | where Computer == 'x' | project IncidentState_s");
+    let found = problems("ServiceDeskLog_CL | where CRState_s == 'x' | project IncidentState_s");
     assert_eq!(found.len(), 2, "{found:?}");
     let found = problems("ServiceDesk_CL | project ['Bogus_d']");
     assert!(found.iter().any(|p| p.starts_with("Bogus_d ")), "{found:?}");

@@ -26,7 +26,12 @@ pub struct Event<'a> {
     /// A stable code for the error (`itsm_rejected`, `ingest_refused`, ...).
     pub error_code: Option<&'a str>,
     pub alert_id: Option<&'a str>,
+    pub rule: Option<&'a str>,
     pub work_item: Option<&'a str>,
+    /// `Incident`, `Event`, `Alert`.
+    pub work_item_type: Option<&'a str>,
+    /// The computer or resource the alert is about.
+    pub computer: Option<&'a str>,
     pub http_status: Option<u16>,
     pub attempt: Option<u32>,
     pub duration_ms: Option<u64>,
@@ -43,7 +48,10 @@ struct Columns {
     status: usize,
     action_status: usize,
     alert_id: usize,
+    rule: usize,
     work_item: usize,
+    work_item_type: usize,
+    computer: usize,
     operation: usize,
     error_code: usize,
     http_status: usize,
@@ -65,7 +73,10 @@ fn columns() -> &'static Columns {
             status: schema.index("Status_b"),
             action_status: schema.index("ActionStatus_d"),
             alert_id: schema.index("AlertId_s"),
+            rule: schema.index("AlertRule_s"),
             work_item: schema.index("WorkItemId_s"),
+            work_item_type: schema.index("WorkItemType_s"),
+            computer: schema.index("Computer"),
             operation: schema.index("Operation_s"),
             error_code: schema.index("ErrorCode_s"),
             http_status: schema.index("HttpStatus_d"),
@@ -94,7 +105,10 @@ impl ConnectorLog {
         row.set_bool(c.status, event.success);
         row.set_number(c.action_status, if event.success { 1.0 } else { 0.0 });
         row.set(c.alert_id, event.alert_id.unwrap_or_default());
+        row.set(c.rule, event.rule.unwrap_or_default());
         row.set(c.work_item, event.work_item.unwrap_or_default());
+        row.set(c.work_item_type, event.work_item_type.unwrap_or_default());
+        row.set(c.computer, event.computer.unwrap_or_default());
         row.set(c.operation, event.operation);
         row.set(c.error_code, event.error_code.unwrap_or_default());
         if let Some(status) = event.http_status {
