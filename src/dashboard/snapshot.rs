@@ -120,9 +120,8 @@ pub async fn build(intake: &Intake, syncer: &Syncer) -> Result<Snapshot, StoreEr
     let mut connections = Vec::new();
     for connection in &intake.config.connections {
         let mut sync = Vec::new();
-        for &kind in connection.sync_kinds.as_ref().unwrap_or(&intake.config.sync.kinds) {
-            let key = crate::sync::watermark::key(&connection.name, kind);
-            let mark = crate::sync::watermark::load(store, &key).await?.map(|(mark, _)| mark);
+        for (kind, mark) in crate::sync::watermark::of_connection(store, &intake.config.sync.kinds, connection).await {
+            let mark = mark?;
             let watermark = mark.as_ref().map(|m| m.updated.clone()).filter(|w| !w.is_empty());
             sync.push(SyncRun {
                 kind: kind.name(),

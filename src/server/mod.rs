@@ -146,10 +146,10 @@ async fn health(
     let mut warnings = Vec::new();
     let mut sync = Vec::new();
     for connection in &intake.config.connections {
-        for &kind in connection.sync_kinds.as_ref().unwrap_or(&intake.config.sync.kinds) {
-            let key = crate::sync::watermark::key(&connection.name, kind);
-            let state = match crate::sync::watermark::load(intake.store.as_ref(), &key).await {
-                Ok(Some((mark, _))) => {
+        let store = intake.store.as_ref();
+        for (kind, mark) in crate::sync::watermark::of_connection(store, &intake.config.sync.kinds, connection).await {
+            let state = match mark {
+                Ok(Some(mark)) => {
                     if let Some(error) = &mark.last_error {
                         warnings.push(format!(
                             "connection '{}': the last {} sync stopped: {error}",

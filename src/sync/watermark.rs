@@ -82,6 +82,21 @@ pub async fn load(store: &dyn Store, key: &str) -> Result<Option<(Watermark, Str
     Ok(Some((watermark, entry.etag)))
 }
 
+/// Each kind the connection syncs, with its watermark (`None`: not synced yet), for the health route and the
+/// dashboard.
+pub async fn of_connection(
+    store: &dyn Store,
+    defaults: &[SyncKind],
+    connection: &crate::config::Connection,
+) -> Vec<(SyncKind, Result<Option<Watermark>, StoreError>)> {
+    let mut marks = Vec::new();
+    for &kind in connection.sync_kinds.as_deref().unwrap_or(defaults) {
+        let mark = load(store, &key(&connection.name, kind)).await.map(|found| found.map(|(mark, _)| mark));
+        marks.push((kind, mark));
+    }
+    marks
+}
+
 /// Writes the watermark if it is still at `etag` (or absent, for `None`); the new etag, or `None` when
 /// another run moved it first.
 pub async fn save(
