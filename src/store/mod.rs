@@ -124,7 +124,12 @@ pub async fn upsert(store: &dyn Store, table: Table, key: &str, value: &Value) -
 /// Read, change and write back one value, trying again when someone else wrote it in between (for values
 /// several writers add to, such as a count). `change` gets `Value::Null` when the key is absent.
 pub async fn update(store: &dyn Store, table: Table, key: &str, change: impl Fn(&mut Value)) -> Result<(), StoreError> {
-    for _ in 0..20 {
+    for attempt in 0..20u32 {
+        if attempt > 0 {
+            // Writers that collided try again at different moments.
+            let wait = rand::random_range(0..5 * attempt as u64);
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
         let written = match store.get(table, key).await? {
             Some(entry) => {
                 let mut value = entry.value;
