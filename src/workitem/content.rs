@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value, json};
 
@@ -15,6 +16,10 @@ use crate::workitem::template::{Names, Template};
 pub struct Scope<'a> {
     names: Value,
     context: &'a Context,
+    alert: &'a Alert,
+    /// [`describe`] of the alert, written once for all its work items: it lists every configuration item, so
+    /// writing it again for each of them (per-CI grouping) took time in the square of their number.
+    description: OnceLock<String>,
 }
 
 impl<'a> Scope<'a> {
@@ -47,7 +52,11 @@ impl<'a> Scope<'a> {
             "configurationItem": configuration_item,
             "customProperties": properties,
         });
-        Scope { names, context: alert.lazy_context() }
+        Scope { names, context: alert.lazy_context(), alert, description: OnceLock::new() }
+    }
+
+    fn description(&self) -> &str {
+        self.description.get_or_init(|| describe(self.alert))
     }
 
     fn str(&self, name: &str) -> &str {
@@ -150,7 +159,7 @@ impl Content {
             correlation_key,
             configuration_item,
             title,
-            description: describe(alert),
+            description: scope.description().to_string(),
             severity: alert.severity,
             fields,
         }

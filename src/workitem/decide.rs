@@ -60,8 +60,10 @@ pub fn correlation_keys(connection: &str, kind: WorkItemType, grouping: Grouping
                 // No CI named: each target resource stands for one.
                 items = alert.target_resources.iter().map(String::as_str).collect();
             }
-            items.sort_unstable();
-            items.dedup();
+            // The key reads a CI in lower case, so `WEB01` and `web01` are one work item: one plan, with the
+            // spelling that sorts first whatever order they came in.
+            items.sort_by_cached_key(|ci| (ci.to_ascii_lowercase(), *ci));
+            items.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
             if items.is_empty() {
                 items.push("");
             }
