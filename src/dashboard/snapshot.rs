@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::intake::{Intake, Link};
 use crate::itsm::{Diagnosis, WorkItem};
-use crate::store::{Filter, Store, StoreError, Table};
+use crate::store::{Filter, Store, StoreError, Table, for_each};
 use crate::sync::Syncer;
 
 /// Days the created-per-day chart covers, today included.
@@ -159,40 +159,33 @@ async fn work_items(store: &dyn Store, now: DateTime<Utc>) -> Result<WorkItems, 
     type Newest = Vec<(i64, WorkItem, String)>;
     let mut computers: HashMap<String, (u64, Newest)> = HashMap::new();
     let mut rules: HashMap<String, (u64, BTreeMap<String, u64>)> = HashMap::new();
-    let mut continuation: Option<String> = None;
-    loop {
-        let page = store.scan(Table::Links, None, continuation.as_deref(), 1000).await?;
-        for entry in page.entries {
-            let Ok(link) = serde_json::from_value::<Link>(entry.value) else { continue };
-            let Some(item) = link.work_item else { continue };
-            let kind = item.kind.as_str().to_string();
-            items.total += 1;
-            items.open += u64::from(link.state == "open");
-            *items.by_type.entry(kind.clone()).or_default() += 1;
-            let created = if link.created_at > 0 { link.created_at } else { link.updated_at };
-            if let Some(day) = DateTime::from_timestamp_millis(created).map(|t| t.date_naive())
-                && day >= first_day
-            {
-                *per_day.entry(day).or_default().entry(kind.clone()).or_default() += 1;
-            }
-            if !link.configuration_item.is_empty() {
-                let (count, newest) = computers.entry(link.configuration_item).or_default();
-                *count += 1;
-                newest.push((created, item, link.state));
-                if newest.len() > 2 * ITEMS_PER_COMPUTER {
-                    newest.sort_by_key(|(at, ..)| std::cmp::Reverse(*at));
-                    newest.truncate(ITEMS_PER_COMPUTER);
-                }
-            }
-            let (count, by_type) = rules.entry(link.rule).or_default();
+    for_each(store, Table::Links, None, |entry| {
+        let Ok(link) = serde_json::from_value::<Link>(entry.value) else { return };
+        let Some(item) = link.work_item else { return };
+        let kind = item.kind.as_str().to_string();
+        items.total += 1;
+        items.open += u64::from(link.state == "open");
+        *items.by_type.entry(kind.clone()).or_default() += 1;
+        let created = if link.created_at > 0 { link.created_at } else { link.updated_at };
+        if let Some(day) = DateTime::from_timestamp_millis(created).map(|t| t.date_naive())
+            && day >= first_day
+        {
+            *per_day.entry(day).or_default().entry(kind.clone()).or_default() += 1;
+        }
+        if !link.configuration_item.is_empty() {
+            let (count, newest) = computers.entry(link.configuration_item).or_default();
             *count += 1;
-            *by_type.entry(kind).or_default() += 1;
+            newest.push((created, item, link.state));
+            if newest.len() > 2 * ITEMS_PER_COMPUTER {
+                newest.sort_by_key(|(at, ..)| std::cmp::Reverse(*at));
+                newest.truncate(ITEMS_PER_COMPUTER);
+            }
         }
-        match page.continuation {
-            Some(next) => continuation = Some(next),
-            None => break,
-        }
-    }
+        let (count, by_type) = rules.entry(link.rule).or_default();
+        *count += 1;
+        *by_type.entry(kind).or_default() += 1;
+    })
+    .await?;
     items.per_day = (0..DAYS)
         .map(|d| first_day + chrono::Duration::days(d))
         .map(|day| (day, per_day.remove(&day).unwrap_or_default()))
@@ -229,37 +222,30 @@ async fn deliveries(store: &dyn Store) -> Result<(HashMap<String, Outbox>, Vec<D
     let mut outboxes: HashMap<String, Outbox> = HashMap::new();
     let mut dead_letters = Vec::new();
     for state in ["pending", "dead"] {
-        let mut continuation: Option<String> = None;
-        loop {
-            let filter = Some(Filter { field: "state", value: state });
-            let page = store.scan(Table::Deliveries, filter, continuation.as_deref(), 1000).await?;
-            for entry in page.entries {
-                let v = &entry.value;
-                let text = |field: &str| v[field].as_str().unwrap_or_default().to_string();
-                let outbox = outboxes.entry(text("connection").to_ascii_lowercase()).or_default();
-                let at = v["deadAt"].as_i64().or_else(|| v["firstSeenAt"].as_i64()).unwrap_or(0);
-                if state == "dead" {
-                    outbox.dead += 1;
-                    dead_letters.push(DeadLetter {
-                        key: entry.key.clone(),
-                        connection: text("connection"),
-                        rule: text("rule"),
-                        attempts: v["attempts"].as_i64().unwrap_or(0),
-                        error: text("lastError"),
-                        dead_at: at,
-                    });
-                } else {
-                    outbox.pending += 1;
-                }
-                if let Some(error) = v["lastError"].as_str() {
-                    outbox.errors.push((at, error.to_string()));
-                }
+        let filter = Some(Filter { field: "state", value: state });
+        for_each(store, Table::Deliveries, filter, |entry| {
+            let v = &entry.value;
+            let text = |field: &str| v[field].as_str().unwrap_or_default().to_string();
+            let outbox = outboxes.entry(text("connection").to_ascii_lowercase()).or_default();
+            let at = v["deadAt"].as_i64().or_else(|| v["firstSeenAt"].as_i64()).unwrap_or(0);
+            if state == "dead" {
+                outbox.dead += 1;
+                dead_letters.push(DeadLetter {
+                    key: entry.key.clone(),
+                    connection: text("connection"),
+                    rule: text("rule"),
+                    attempts: v["attempts"].as_i64().unwrap_or(0),
+                    error: text("lastError"),
+                    dead_at: at,
+                });
+            } else {
+                outbox.pending += 1;
             }
-            match page.continuation {
-                Some(next) => continuation = Some(next),
-                None => break,
+            if let Some(error) = v["lastError"].as_str() {
+                outbox.errors.push((at, error.to_string()));
             }
-        }
+        })
+        .await?;
     }
     for outbox in outboxes.values_mut() {
         outbox.errors.sort_by_key(|(at, _)| std::cmp::Reverse(*at));

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::{Batch, IngestError};
-use crate::store::{Filter, Store, StoreError, Table, update, upsert};
+use crate::store::{Filter, Store, StoreError, Table, for_each, update, upsert};
 use crate::sync::schema;
 
 pub struct LocalRows {
@@ -79,19 +79,12 @@ impl LocalRows {
     async fn recount(&self) -> Result<(), StoreError> {
         let store = self.store.as_ref();
         let mut summary = Value::Null;
-        let mut continuation: Option<String> = None;
-        loop {
-            let page = store.scan(Table::ServiceDesk, None, continuation.as_deref(), 1000).await?;
-            for entry in &page.entries {
-                if let Some(row) = entry.value.as_object() {
-                    Counted::of(row).add(&mut summary, 1);
-                }
+        for_each(store, Table::ServiceDesk, None, |entry| {
+            if let Some(row) = entry.value.as_object() {
+                Counted::of(row).add(&mut summary, 1);
             }
-            match page.continuation {
-                Some(next) => continuation = Some(next),
-                None => break,
-            }
-        }
+        })
+        .await?;
         upsert(store, Table::Sync, SUMMARY_KEY, &summary).await.map(|_| ())
     }
 

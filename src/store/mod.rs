@@ -121,6 +121,24 @@ pub async fn upsert(store: &dyn Store, table: Table, key: &str, value: &Value) -
     Err(StoreError::Unavailable(format!("{key} kept changing while it was written")))
 }
 
+/// Every entry of `table` (optionally filtered), in key order, a page at a time.
+pub async fn for_each(
+    store: &dyn Store,
+    table: Table,
+    filter: Option<Filter<'_>>,
+    mut each: impl FnMut(Entry),
+) -> Result<(), StoreError> {
+    let mut continuation: Option<String> = None;
+    loop {
+        let page = store.scan(table, filter, continuation.as_deref(), 1000).await?;
+        page.entries.into_iter().for_each(&mut each);
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Read, change and write back one value, trying again when someone else wrote it in between (for values
 /// several writers add to, such as a count). `change` gets `Value::Null` when the key is absent.
 pub async fn update(store: &dyn Store, table: Table, key: &str, change: impl Fn(&mut Value)) -> Result<(), StoreError> {
