@@ -155,6 +155,8 @@ pub struct Connection {
     /// This connection's sync scope in days and kinds, when not the global `ITSMC_SYNC_DAYS`/`_KINDS`.
     pub sync_days: Option<u32>,
     pub sync_kinds: Option<Vec<crate::sync::SyncKind>>,
+    /// How hard itsmc may press the tool: requests in flight and per second.
+    pub limits: crate::itsm::limit::Limits,
 }
 
 /// Outbox retry policy.
@@ -708,6 +710,43 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
         templates: BTreeMap::new(),
         sync_days: None,
         sync_kinds: None,
+        limits: limits(lookup, "ITSMC_", None, None)?,
+    })
+}
+
+/// A connection's request limits: its own (`max_concurrent_requests`, `max_requests_per_second` in the
+/// connections file), else `ITSMC_MAX_CONCURRENT_REQUESTS` and `ITSMC_MAX_REQUESTS_PER_SECOND` (0: no rate of
+/// our own), else the defaults. `at` names the connection's settings in errors.
+fn limits(
+    lookup: &impl Fn(&str) -> Option<String>,
+    at: &str,
+    concurrent: Option<u64>,
+    per_second: Option<u64>,
+) -> Result<crate::itsm::limit::Limits, ConfigError> {
+    let defaults = crate::itsm::limit::Limits::default();
+    let global = |name: &str, default: u64, max: u64| parse_number(lookup, name, default, 0, max);
+    let concurrent = match concurrent {
+        Some(n) => n,
+        None => global("ITSMC_MAX_CONCURRENT_REQUESTS", defaults.max_concurrent as u64, 1_000)?,
+    };
+    if !(1..=1_000).contains(&concurrent) {
+        let setting = if at == "ITSMC_" {
+            "ITSMC_MAX_CONCURRENT_REQUESTS".into()
+        } else {
+            format!("{at}max_concurrent_requests")
+        };
+        return Err(invalid(setting, format!("{concurrent} is not from 1 to 1000")));
+    }
+    let per_second = match per_second {
+        Some(n) if n > 10_000 => {
+            return Err(invalid(format!("{at}max_requests_per_second"), format!("{n} is not from 0 to 10000")));
+        }
+        Some(n) => n,
+        None => global("ITSMC_MAX_REQUESTS_PER_SECOND", 0, 10_000)?,
+    };
+    Ok(crate::itsm::limit::Limits {
+        max_concurrent: concurrent as usize,
+        max_per_second: (per_second > 0).then_some(per_second as f64),
     })
 }
 
@@ -751,6 +790,8 @@ struct FileConnection {
     /// Product settings by their environment names without `ITSMC_`, lowercased (`cherwell_auth_mode`).
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    max_concurrent_requests: Option<u64>,
+    max_requests_per_second: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -927,6 +968,7 @@ fn connections_from_toml(
                 .sync_kinds
                 .map(|kinds| sync_kinds(&format!("{at}.sync_kinds"), kinds.iter().map(String::as_str)))
                 .transpose()?,
+            limits: limits(lookup, &format!("{at}."), c.max_concurrent_requests, c.max_requests_per_second)?,
         });
     }
     Ok(out)

@@ -280,7 +280,17 @@ impl Intake {
             let etag = self.store.claim(Table::Links, &key, &value).await.ok()??;
             Some(Entry { key, etag, value })
         };
-        let (claimed, claimed_link) = tokio::join!(claim_delivery, claim_link);
+        // The budget covers the store too: one that accepts connections and never answers must not hold the
+        // action group past it. Writes cut short here may still land; a retried webhook then finds its delivery.
+        let deadline = tokio::time::Instant::now() + self.config.alert_budget;
+        let Ok((claimed, claimed_link)) =
+            tokio::time::timeout_at(deadline, async { tokio::join!(claim_delivery, claim_link) }).await
+        else {
+            return Err(IntakeError::Unavailable(format!(
+                "the alert could not be recorded: the state store did not answer within {} ms",
+                self.config.alert_budget.as_millis()
+            )));
+        };
         if let (Err(_), Some(link)) = (&claimed, &claimed_link) {
             // The delivery was not recorded, so nothing will run it: give the link back rather than leave a
             // claim that holds its key until the lease runs out. Failing here only delays the next claimant.
@@ -295,9 +305,10 @@ impl Intake {
             Err(e) => return Err(IntakeError::Unavailable(format!("the alert could not be recorded: {e}"))),
         };
         let this = Arc::clone(self);
-        let mut task =
-            tokio::spawn(async move { this.run(delivery, etag, record, alert, resolved, claimed_link).await });
-        match tokio::time::timeout(self.config.alert_budget, &mut task).await {
+        // The webhook's own attempt does not queue behind a busy connection: the outbox is there for that.
+        let attempt = async move { this.run(delivery, etag, record, alert, resolved, claimed_link).await };
+        let mut task = tokio::spawn(crate::itsm::limit::inline(attempt));
+        match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(IntakeError::Unavailable(format!("processing failed: {join}"))),
             // Still working: the task records its outcome, and the outbox retries it if it fails. Where it

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::OutboxSettings;
 use crate::intake::{Intake, Resolved, now_ms};
@@ -61,71 +61,77 @@ pub struct DrainReport {
     pub next_due: i64,
 }
 
-/// How many deliveries one instance retries at once.
-const PARALLEL: usize = 64;
+/// How many deliveries one instance retries at once. The connections' limiters decide how many requests go to
+/// the tools; this only keeps enough deliveries ready to fill every place they give (a delivery spends part of
+/// its time waiting for a lookup, part in the store), and bounds the memory a drain holds however long the
+/// outbox is: a few KB each.
+const PARALLEL: usize = 256;
 
-/// Retry every due pending delivery once.
+/// Retry every due pending delivery once. The outbox is read a page at a time while earlier pages are worked
+/// on, so a drain of 100,000 deliveries holds one page and `PARALLEL` deliveries in memory, not all of them.
 pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
     let mut report = DrainReport::default();
-    let mut due = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut continuation: Option<String> = None;
     let now = now_ms();
     loop {
-        let page = match intake
-            .store
-            .scan(Table::Deliveries, Some(Filter { field: "state", value: "pending" }), continuation.as_deref(), 1000)
-            .await
-        {
+        let filter = Some(Filter { field: "state", value: "pending" });
+        let page = match intake.store.scan(Table::Deliveries, filter, continuation.as_deref(), 1000).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be read");
-                return report;
+                break;
             }
         };
         for entry in page.entries {
             report.pending += 1;
             let next =
                 entry.value["nextAttemptAt"].as_i64().unwrap_or(0).max(entry.value["leaseUntil"].as_i64().unwrap_or(0));
-            if next <= now {
-                due.push(entry);
-            } else if report.next_due == 0 || next < report.next_due {
-                report.next_due = next;
+            if next > now {
+                if report.next_due == 0 || next < report.next_due {
+                    report.next_due = next;
+                }
+                continue;
             }
+            while tasks.len() >= PARALLEL {
+                let Some(done) = tasks.join_next().await else { break };
+                report.count(done);
+            }
+            let intake = Arc::clone(intake);
+            tasks.spawn(async move { retry(&intake, entry).await });
         }
         match page.continuation {
             Some(c) => continuation = Some(c),
             None => break,
         }
     }
-    let limit = Arc::new(Semaphore::new(PARALLEL));
-    let mut tasks = tokio::task::JoinSet::new();
-    for entry in due {
-        let intake = Arc::clone(intake);
-        let limit = Arc::clone(&limit);
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            retry(&intake, entry).await
-        });
-    }
     while let Some(done) = tasks.join_next().await {
+        report.count(done);
+    }
+    report
+}
+
+type Retried = Option<Result<crate::intake::Outcome, crate::intake::IntakeError>>;
+
+impl DrainReport {
+    fn count(&mut self, done: Result<Retried, tokio::task::JoinError>) {
         match done {
             Ok(Some(Ok(outcome))) if outcome.action == crate::intake::Action::Queued => {
-                report.attempted += 1;
-                report.requeued += 1;
+                self.attempted += 1;
+                self.requeued += 1;
             }
             Ok(Some(Ok(_))) => {
-                report.attempted += 1;
-                report.succeeded += 1;
+                self.attempted += 1;
+                self.succeeded += 1;
             }
             Ok(Some(Err(_))) => {
-                report.attempted += 1;
-                report.dead += 1;
+                self.attempted += 1;
+                self.dead += 1;
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "an outbox retry panicked"),
         }
     }
-    report
 }
 
 /// Deletes finished deliveries older than `keep` (at most `limit` a call), so the store does not grow with
@@ -156,10 +162,7 @@ pub async fn prune(intake: &Intake, keep: Duration, limit: usize) -> Result<usiz
 }
 
 /// Take the delivery's lease and run it; `None` when another instance took it first.
-async fn retry(
-    intake: &Arc<Intake>,
-    entry: Entry,
-) -> Option<Result<crate::intake::Outcome, crate::intake::IntakeError>> {
+async fn retry(intake: &Arc<Intake>, entry: Entry) -> Retried {
     let mut record = entry.value;
     record["leaseUntil"] = json!(now_ms() + intake.config.outbox.lease.as_millis() as i64);
     let etag = match intake.store.replace(Table::Deliveries, &entry.key, &record, &entry.etag).await {

@@ -4,6 +4,7 @@
 
 pub mod cherwell;
 pub mod dry_run;
+pub mod limit;
 pub mod provance;
 pub mod scsm;
 pub mod servicenow;

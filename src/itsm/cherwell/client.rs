@@ -13,6 +13,7 @@ use super::auth::Auth;
 use super::requests::Request;
 use crate::http::retry_after;
 use crate::itsm::ItsmError;
+use crate::itsm::limit::Limiter;
 
 /// Why a call failed.
 #[derive(Debug, Clone)]
@@ -50,11 +51,12 @@ pub struct Client {
     pub base_url: String,
     http: reqwest::Client,
     auth: Auth,
+    limiter: Limiter,
 }
 
 impl Client {
-    pub fn new(base_url: String, http: reqwest::Client, auth: Auth) -> Client {
-        Client { base_url, http, auth }
+    pub fn new(base_url: String, http: reqwest::Client, auth: Auth, limiter: Limiter) -> Client {
+        Client { base_url, http, auth, limiter }
     }
 
     pub fn auth(&self) -> &Auth {
@@ -98,7 +100,7 @@ impl Client {
             if let Some(body) = &request.body {
                 builder = builder.json(body);
             }
-            let response = builder.send().await.map_err(|e| transport_error(&describe(request), &e))?;
+            let response = self.limiter.send(builder, |e| transport_error(&describe(request), &e)).await?;
             let status = response.status().as_u16();
             if status == 401 && !renewed {
                 // Expired early, or the user was logged out: a new token, once.

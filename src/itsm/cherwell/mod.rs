@@ -26,6 +26,7 @@ use self::catalog::{BusOb, Catalog};
 use self::client::{Client, Failure};
 use self::requests::FieldValue;
 use crate::config::Connection;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Choice, Connector, Diagnosis, Found, ItsmError, RemoteConfiguration, WorkItem};
 use crate::secrets::Secrets;
 use crate::sync::{Change, SyncKind, Window};
@@ -64,7 +65,7 @@ impl Cherwell {
         Cherwell {
             connection: connection.clone(),
             settings: settings.clone(),
-            client: Client::new(settings.url.clone(), http, auth),
+            client: Client::new(settings.url.clone(), http, auth, Limiter::new(connection.limits)),
             catalog: Catalog::default(),
         }
     }

@@ -16,6 +16,7 @@ use super::auth::{Auth, TokenError};
 use super::requests::{API, Request};
 use crate::config::Secret;
 use crate::http::retry_after;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Diagnosis, ItsmError};
 
 pub struct Client {
@@ -25,6 +26,7 @@ pub struct Client {
     api: String,
     http: reqwest::Client,
     auth: Auth,
+    limiter: Limiter,
 }
 
 /// A successful answer.
@@ -47,8 +49,8 @@ impl Answer {
 }
 
 impl Client {
-    pub fn new(url: String, http: reqwest::Client, auth: Auth) -> Client {
-        Client { api: format!("{url}{API}"), url, http, auth }
+    pub fn new(url: String, http: reqwest::Client, auth: Auth, limiter: Limiter) -> Client {
+        Client { api: format!("{url}{API}"), url, http, auth, limiter }
     }
 
     /// Send the request; `allowed` statuses (412 for a PATCH with `If-Match`) come back as answers, not errors.
@@ -64,7 +66,8 @@ impl Client {
                 }
                 Err(error) => return Err(error.into()),
             };
-            let response = self.request(request, &token)?.send().await.map_err(|e| transport_error(request, &e))?;
+            let builder = self.request(request, &token)?;
+            let response = self.limiter.send(builder, |e| transport_error(request, &e)).await?;
             let status = response.status().as_u16();
             if status == 401 && !renewed {
                 // Expired, revoked, or signed for another environment: sign in anew, once.

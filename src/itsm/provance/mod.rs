@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::config::Connection;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Choice, Connector, Diagnosis, Found, ItsmError, RemoteConfiguration, WorkItem};
 use crate::secrets::Secrets;
 use crate::sync::{Change, SyncKind, Window};
@@ -53,7 +54,7 @@ impl Provance {
         Provance {
             connection: connection.clone(),
             settings: settings.clone(),
-            client: client::Client::new(settings.url.clone(), http, auth),
+            client: client::Client::new(settings.url.clone(), http, auth, Limiter::new(connection.limits)),
             incidents: Plan::incidents(settings),
             change_requests: tokio::sync::Mutex::new(None),
         }

@@ -12,24 +12,38 @@ use serde_json::Value;
 use super::auth::{Auth, SignInError};
 use super::requests::Request;
 use crate::http::retry_after;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Diagnosis, ItsmError};
 
 pub struct Client {
     pub base_url: String,
     http: reqwest::Client,
     auth: Auth,
+    limiter: Limiter,
 }
 
 /// What went wrong with one request, kept apart for the connection test.
 enum Failure {
     Transport(reqwest::Error),
+    /// The connection's limits held the request back (see [`Limiter`]).
+    Held(ItsmError),
     SignIn(SignInError),
-    Status { status: u16, retry: Option<Duration>, body: String },
+    Status {
+        status: u16,
+        retry: Option<Duration>,
+        body: String,
+    },
+}
+
+impl From<ItsmError> for Failure {
+    fn from(error: ItsmError) -> Failure {
+        Failure::Held(error)
+    }
 }
 
 impl Client {
-    pub fn new(base_url: String, http: reqwest::Client, auth: Auth) -> Client {
-        Client { base_url, http, auth }
+    pub fn new(base_url: String, http: reqwest::Client, auth: Auth, limiter: Limiter) -> Client {
+        Client { base_url, http, auth, limiter }
     }
 
     /// Send the request and read its JSON answer. A refused token is renewed once; a refused password (or one
@@ -73,7 +87,7 @@ impl Client {
             if let Some(body) = &request.body {
                 builder = builder.json(body);
             }
-            let response = builder.send().await.map_err(Failure::Transport)?;
+            let response = self.limiter.send(builder, Failure::Transport).await?;
             let status = response.status().as_u16();
             if status == 401 && !renewed {
                 token = self.auth.renew(&self.http, Some(&token)).await.map_err(Failure::SignIn)?;
@@ -92,6 +106,7 @@ impl Client {
     fn error(&self, request: &Request, failure: Failure) -> ItsmError {
         match failure {
             Failure::Transport(e) => transport_error(&describe(request), &e),
+            Failure::Held(e) => e,
             Failure::SignIn(e) => e.into(),
             Failure::Status { status, retry, body } => classify(status, retry, &body, &describe(request)),
         }
@@ -118,6 +133,7 @@ impl Client {
         };
         Err(match failure {
             Failure::Transport(e) => Diagnosis::unreachable(&self.base_url, &e),
+            Failure::Held(e) => Diagnosis::problem("rate_limited", e.to_string()),
             Failure::SignIn(SignInError::Refused(status, reason)) => Diagnosis::problem(
                 "wrong_credentials",
                 format!(

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::Connection;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Connector, Diagnosis, Found, ItsmError, WorkItem};
 use crate::secrets::Secrets;
 use crate::sync::{Change, SyncKind, Window};
@@ -55,7 +56,7 @@ impl Scsm {
         Scsm {
             connection: connection.clone(),
             settings: settings.clone(),
-            client: client::Client::new(settings.url.clone(), http, auth),
+            client: client::Client::new(settings.url.clone(), http, auth, Limiter::new(connection.limits)),
             user: tokio::sync::OnceCell::new(),
             spans: Mutex::new([FIRST_SPAN; 2]),
         }

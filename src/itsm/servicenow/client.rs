@@ -10,17 +10,19 @@ use serde_json::Value;
 
 use super::auth::Auth;
 use super::requests::Request;
+use crate::itsm::limit::Limiter;
 use crate::itsm::{Diagnosis, ItsmError};
 
 pub struct Client {
     pub base_url: String,
     http: reqwest::Client,
     auth: Auth,
+    limiter: Limiter,
 }
 
 impl Client {
-    pub fn new(base_url: String, http: reqwest::Client, auth: Auth) -> Client {
-        Client { base_url, http, auth }
+    pub fn new(base_url: String, http: reqwest::Client, auth: Auth, limiter: Limiter) -> Client {
+        Client { base_url, http, auth, limiter }
     }
 
     pub fn auth(&self) -> &Auth {
@@ -62,7 +64,7 @@ impl Client {
                 builder = builder.json(body);
             }
             let builder = self.auth.apply(&self.http, builder).await?;
-            let response = builder.send().await.map_err(|e| transport_error(&describe(request), &e))?;
+            let response = self.limiter.send(builder, |e| transport_error(&describe(request), &e)).await?;
             let status = response.status();
             if status == reqwest::StatusCode::UNAUTHORIZED && self.auth.is_oauth() && !renewed {
                 self.auth.forget_access_token();

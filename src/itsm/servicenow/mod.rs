@@ -5,6 +5,7 @@
 
 mod auth;
 mod client;
+mod lookups;
 pub mod requests;
 mod servicedesk;
 
@@ -21,7 +22,8 @@ use crate::workitem::{Content, WorkItemType};
 
 pub struct ServiceNow {
     connection: Connection,
-    client: client::Client,
+    client: Arc<client::Client>,
+    lookups: Arc<lookups::Lookups>,
 }
 
 impl ServiceNow {
@@ -32,18 +34,21 @@ impl ServiceNow {
         vault: Option<Arc<Secrets>>,
     ) -> ServiceNow {
         let auth = auth::Auth::new(settings.auth.clone(), &settings.url, vault, settings.refresh_token);
-        ServiceNow { connection: connection.clone(), client: client::Client::new(settings.url.clone(), http, auth) }
+        let limiter = crate::itsm::limit::Limiter::new(connection.limits);
+        let client = client::Client::new(settings.url.clone(), http, auth, limiter);
+        ServiceNow { connection: connection.clone(), client: Arc::new(client), lookups: Arc::default() }
     }
+}
 
-    fn work_item(&self, kind: WorkItemType, record: &Value) -> Result<WorkItem, ItsmError> {
-        let id = field(record, "sys_id");
-        if id.is_empty() {
-            return Err(ItsmError::Rejected("ServiceNow's answer has no sys_id".into()));
-        }
-        let number = Some(field(record, "number")).filter(|n| !n.is_empty());
-        let url = Some(format!("{}/nav_to.do?uri={}.do?sys_id={id}", self.client.base_url, requests::table(kind)));
-        Ok(WorkItem { kind, id, number, url })
+/// The work item a Table API record of `kind` is, on the instance at `base_url`.
+fn work_item(base_url: &str, kind: WorkItemType, record: &Value) -> Result<WorkItem, ItsmError> {
+    let id = field(record, "sys_id");
+    if id.is_empty() {
+        return Err(ItsmError::Rejected("ServiceNow's answer has no sys_id".into()));
     }
+    let number = Some(field(record, "number")).filter(|n| !n.is_empty());
+    let url = Some(format!("{base_url}/nav_to.do?uri={}.do?sys_id={id}", requests::table(kind)));
+    Ok(WorkItem { kind, id, number, url })
 }
 
 /// A field of a Table API record: a plain string, or `{value, display_value}` when display values are on.
@@ -115,11 +120,10 @@ impl Connector for ServiceNow {
     }
 
     async fn find(&self, kind: WorkItemType, correlation_key: &str) -> Result<Option<Found>, ItsmError> {
-        let Some(request) = requests::find(kind, correlation_key) else { return Ok(None) };
-        let records = result(self.client.send(&request).await?);
-        match records.as_array().and_then(|r| r.first()) {
-            Some(record) => Ok(Some(Found { item: self.work_item(kind, record)?, active: is_active(record) })),
-            None => Ok(None),
+        if crate::itsm::limit::is_inline() {
+            lookups::find_one(&self.client, kind, correlation_key).await
+        } else {
+            self.lookups.find(&self.client, kind, correlation_key).await
         }
     }
 
@@ -129,7 +133,7 @@ impl Connector for ServiceNow {
             // Event Management answers with a count, not a record: the message key is the handle.
             return Ok(WorkItem { kind, id: content.correlation_key.clone(), number: None, url: None });
         }
-        self.work_item(kind, &result(answer))
+        work_item(&self.client.base_url, kind, &result(answer))
     }
 
     async fn is_active(&self, item: &WorkItem) -> Result<bool, ItsmError> {

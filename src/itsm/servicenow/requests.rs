@@ -43,7 +43,7 @@ pub fn table(kind: WorkItemType) -> &'static str {
 
 /// The field that carries the correlation key: incidents have `correlation_id`; alerts are keyed by
 /// `message_key`, which Event Management also uses to fold events into one alert.
-fn key_field(kind: WorkItemType) -> &'static str {
+pub fn key_field(kind: WorkItemType) -> &'static str {
     match kind {
         WorkItemType::Alert | WorkItemType::Event => "message_key",
         WorkItemType::Incident => "correlation_id",
@@ -260,9 +260,42 @@ fn patch(kind: WorkItemType, sys_id: &str, body: Value) -> Request {
     }
 }
 
+/// How many records one lookup of many keys reads. A key may have many work items (one per fire after a close),
+/// so a full page can leave keys out; those are looked up alone ([`find`]).
+pub const FIND_MANY_PAGE: usize = 1000;
+
+/// The records with any of these keys, newest first, with the key field so that each answers its own. The keys
+/// must all be hex, as for [`find`]; `None` when one is not (or for events, which have no records to find).
+pub fn find_many(kind: WorkItemType, keys: &[&str]) -> Option<Request> {
+    let hex = |key: &&str| !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit());
+    if kind == WorkItemType::Event || keys.is_empty() || !keys.iter().all(hex) {
+        return None;
+    }
+    let field = key_field(kind);
+    Some(Request::get(
+        format!("/api/now/table/{}", table(kind)),
+        vec![
+            ("sysparm_query", format!("{field}IN{}^ORDERBYDESCsys_created_on", keys.join(","))),
+            ("sysparm_fields", format!("{FIELDS},{field}")),
+            ("sysparm_limit", FIND_MANY_PAGE.to_string()),
+            ("sysparm_exclude_reference_link", "true".into()),
+        ],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_many_asks_for_every_key_at_once_and_refuses_anything_but_hex() {
+        let request = find_many(WorkItemType::Incident, &["00ff", "abc1"]).expect("hex is accepted");
+        assert_eq!(request.query[0].1, "correlation_idIN00ff,abc1^ORDERBYDESCsys_created_on");
+        assert_eq!(request.query[1].1, "sys_id,number,state,active,correlation_id");
+        assert!(find_many(WorkItemType::Incident, &["00ff", "x^NQactive=true"]).is_none());
+        assert!(find_many(WorkItemType::Incident, &["00ff", ""]).is_none());
+        assert!(find_many(WorkItemType::Alert, &["00ff"]).is_some_and(|r| r.query[0].1.starts_with("message_keyIN")));
+    }
 
     #[test]
     fn find_refuses_anything_but_hex() {
