@@ -132,3 +132,155 @@ impl azure_core::credentials::TokenCredential for StorageTokens {
         Ok(azure_core::credentials::AccessToken::new(token, now + azure_core::time::Duration::hours(1)))
     }
 }
+
+// ---- An Azurite of the test's own, to stop and start again ----
+
+/// Azurite's Table service as `npm ci --prefix .ci` installs it (`.ci/run` does).
+#[allow(dead_code)]
+pub fn table_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/node_modules/.bin/azurite-table");
+    assert!(
+        path.exists(),
+        "{} does not exist: run `npm ci --prefix .ci` (or `bash .ci/run`). This test starts, stops and restarts an \
+         Azurite of its own, which the shared one on {DEFAULT_TABLE_ENDPOINT} cannot stand in for.",
+        path.display()
+    );
+    path
+}
+
+/// An Azurite Table service of the test's own on a free port of 127.0.0.1, keeping its tables on disk
+/// (`--location`, not `--inMemoryPersistence`), so that it can be stopped and started again on the same port
+/// with its data as it was. Killed when dropped.
+#[allow(dead_code)]
+pub struct PrivateAzurite {
+    pub port: u16,
+    location: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+#[allow(dead_code)]
+impl PrivateAzurite {
+    /// Starts one; returns once its port answers.
+    pub fn start() -> PrivateAzurite {
+        table_binary();
+        let location = tempfile::tempdir().expect("a directory for Azurite's data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut azurite = PrivateAzurite { port, location, child: None };
+        azurite.restart();
+        azurite
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.port)
+    }
+
+    pub fn connection_string(&self) -> String {
+        connection_string_for(&self.endpoint())
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.location.path().join("azurite.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Whether something accepts connections on its port.
+    pub fn answers(&self) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            std::time::Duration::from_millis(200),
+        )
+        .is_ok()
+    }
+
+    /// Starts it (again) on its port and location; returns once the port answers. Panics, with Azurite's log,
+    /// when it exits or does not listen within 30 s.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "Azurite is running already");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("Azurite's log");
+        let child = std::process::Command::new(table_binary())
+            .args(["--tableHost", "127.0.0.1", "--tablePort", &self.port.to_string(), "--location"])
+            .arg(self.location.path())
+            .args(["--disableTelemetry", "--silent", "--skipApiVersionCheck"])
+            .current_dir(self.location.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("Azurite's log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", table_binary().display()));
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while !self.answers() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                panic!("Azurite exited ({status}) before it listened on 127.0.0.1:{}:\n{}", self.port, self.log());
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "Azurite did not listen on 127.0.0.1:{} within 30 s:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it as Ctrl-C does (SIGINT: it writes its tables to disk and closes its port), and waits until it
+    /// has exited; SIGKILL if it has not within 10 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        signal(child.id(), SIGINT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("Azurite did not stop within 10 s of SIGINT:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes it (SIGSTOP): its port stays open, but nothing answers until [`Self::unfreeze`].
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), SIGSTOP);
+        }
+    }
+
+    pub fn unfreeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), SIGCONT);
+        }
+    }
+}
+
+impl Drop for PrivateAzurite {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[allow(dead_code)]
+const SIGINT: i32 = 2;
+#[allow(dead_code)]
+const SIGCONT: i32 = 18;
+#[allow(dead_code)]
+const SIGSTOP: i32 = 19;
+
+#[allow(dead_code)]
+fn signal(pid: u32, signal: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, signal: i32) -> i32;
+    }
+    // SAFETY: kill(2) takes plain integers; the pid is a child of this process that has not been waited for.
+    unsafe {
+        kill(pid as i32, signal);
+    }
+}
