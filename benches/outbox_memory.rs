@@ -133,7 +133,8 @@ fn main() {
         return;
     }
     let full = args.iter().any(|a| a == "--bench");
-    let rows = if full { std::env::var("OUTBOX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000) } else { 500 };
+    let rows =
+        if full { std::env::var("OUTBOX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000) } else { 500 };
     let sample = serde_json::to_vec(&delivery(0, 0).1).unwrap().len();
     println!("{rows} deliveries of {sample} bytes each (body {} bytes)", body(0).len());
 
