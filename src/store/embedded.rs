@@ -2,14 +2,19 @@
 //! instance with a local disk.
 //!
 //! It implements [`Store`] (tables of JSON values with etags, conditional insert and compare-and-swap)
-//! under `<ITSMC_DATA_DIR>`: every live entry is held in memory, in a hash map per table with its keys
-//! also kept in order for scans, and every change is appended to `itsmc.log` before it is acknowledged.
+//! under `<ITSMC_DATA_DIR>`: every live key is held in memory, in a hash map per table with its keys also
+//! kept in order for scans, and every change is appended to `itsmc.log` before it is acknowledged.
 //! Opening the store reads the log back. This is the Bitcask design, and it fits the workload: the alert
-//! path makes about four conditional writes per alert to randomly keyed, small entries, and the whole
-//! state (links of open work items, the delivery outbox) fits in memory. A B-tree file (redb, before)
-//! rewrites whole 4 KiB pages for each commit of randomly keyed entries and cost about 90 µs of CPU per
-//! alert; appending only the changed entries costs about 40 to 46 (at 5,000 alerts/s on a 2-core VM),
-//! most of it in the kernel's write and fsync.
+//! path makes about four conditional writes per alert to randomly keyed entries. Small values (links,
+//! the sync's rows: up to [`HELD_MAX`] bytes of JSON) are held in memory with their key; a larger one (a
+//! delivery, which carries the alert's raw body, typically 2-10 KB) is not: its slot holds where its JSON
+//! lies in the log, and a read copies it out of the file (from the page cache, normally). That keeps
+//! memory proportional to the number of keys rather than to the size of the outbox: 100,000 pending
+//! deliveries of 4 KB take about 25 MB rather than 450 (`cargo bench --bench outbox_memory`).
+//!
+//! A B-tree file (redb, before) rewrites whole 4 KiB pages for each commit of randomly keyed entries and
+//! cost about 90 µs of CPU per alert; appending only the changed entries costs about 40 to 46 (at 5,000
+//! alerts/s on a 2-core VM), most of it in the kernel's write and fsync.
 //!
 //! Writes must be durable before they are acknowledged: a claim that is acknowledged and then lost in
 //! a crash would let a second work item be opened for the same alert. An fsync takes milliseconds on
@@ -21,13 +26,20 @@
 //! and commits are paced to one per 2 ms so that each carries many even when the disk syncs fast
 //! (`COMMIT_INTERVAL` in [`writer`]); alone, a write waits for one fsync, as it would anyway.
 //!
-//! Reads never wait for the disk: they take a read lock on the maps, which hold only what is durable.
-//! Values are kept as their JSON bytes, which the caller has already serialized for the log: holding
-//! them parsed would cost a deep copy of every value written (about as much as parsing a small one) and
-//! three to four times the memory, to save a parse per read on a path that reads once per alert.
+//! Reads never wait for the writer: they take a read lock on the maps, which hold only what is durable,
+//! copy out the slot (a held value's bytes are shared, a logged one's location is copied), and release
+//! the lock before they read a logged value from the file (`pread`, which any number of threads may do
+//! at once). Held values are kept as their JSON bytes, which the caller has already serialized for the
+//! log: holding them parsed would cost a deep copy of every value written (about as much as parsing a
+//! small one) and three to four times the memory, to save a parse per read on a path that reads once
+//! per alert.
 //!
 //! The log only grows, so once it is larger than twice the live data plus 8 MiB the writer thread
-//! rewrites it as one record per live entry ([`log::rewrite`]), between batches. Etags are one counter,
+//! rewrites it as one put per live entry ([`log::rewrite`]), between batches, streaming logged values
+//! from the old file into the new one. Once the new file is in place, every logged slot is pointed into
+//! it under the write lock, all at once. A location carries a handle to its file (`Arc<File>`), so a
+//! reader that copied a location into the old file just before reads it there, whole: the old file is
+//! unlinked by the rename but stays readable until its last handle is dropped. Etags are one counter,
 //! never reused (a compare-and-swap must not be fooled by a value deleted and written again: ABA): the
 //! log holds the etag of every change, and a compacted log starts with the counter it was written at.
 //!
@@ -36,10 +48,13 @@
 mod log;
 mod writer;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -67,11 +82,124 @@ const COMPACTION_SLACK: u64 = 8 * 1024 * 1024;
 /// holds the lock for long: the writer needs it to publish every batch.
 const SCAN_CHUNK: usize = 256;
 
-/// A stored value: its etag and its JSON, shared with the readers that copy it out.
+/// The largest JSON value held in memory; a larger one is read from the log when it is needed. Links,
+/// the sync's watermarks and `ServiceDesk_CL` rows are below it: they are small, read on every alert or
+/// sync, and a slot with a location (about 40 bytes) would save little beside the key and the maps'
+/// own cost per entry (some 150 bytes). Deliveries are above it, since each carries the alert's body
+/// (2-10 KB, up to 1 MiB), and the outbox may hold 100,000 of them; the outbox reads each one once per
+/// attempt, where a read from the page cache (a system call, about a microsecond) costs less than
+/// parsing it.
+const HELD_MAX: usize = 1024;
+
+/// A stored value: its etag and its JSON, shared with (or located for) the readers that copy it out.
 #[derive(Debug, Clone)]
 struct Slot {
     etag: u64,
-    json: Arc<[u8]>,
+    json: Json,
+}
+
+/// Where a value's JSON is.
+#[derive(Debug, Clone)]
+enum Json {
+    /// In memory: values of up to [`HELD_MAX`] bytes.
+    Held(Arc<[u8]>),
+    /// In the log: larger values.
+    Logged(Location),
+}
+
+/// Where a value's JSON lies in a log file: `len` bytes at `offset` (an absolute position in the file).
+#[derive(Debug, Clone)]
+struct Location {
+    /// The file the offset is in. A compaction points every location into its new file, but a reader
+    /// that copied one out before keeps the old file readable (on Unix, an unlinked file lives on while
+    /// it is open).
+    file: Arc<File>,
+    offset: u64,
+    len: u32,
+}
+
+impl Json {
+    /// `json`, which the writer has just made durable at `offset` of `file`, as a slot keeps it.
+    fn new(json: Arc<[u8]>, file: &Arc<File>, offset: u64) -> Json {
+        if json.len() <= HELD_MAX {
+            Json::Held(json)
+        } else {
+            // MAX_OP_BYTES keeps the length within u32.
+            Json::Logged(Location { file: file.clone(), offset, len: json.len() as u32 })
+        }
+    }
+
+    /// `json`, read back from `offset` of `file` at open, as a slot keeps it.
+    fn read_back(json: &[u8], file: &Arc<File>, offset: u64) -> Json {
+        if json.len() <= HELD_MAX {
+            Json::Held(Arc::from(json))
+        } else {
+            Json::Logged(Location { file: file.clone(), offset, len: json.len() as u32 })
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Json::Held(json) => json.len(),
+            Json::Logged(at) => at.len as usize,
+        }
+    }
+
+    /// The bytes: borrowed when held, read from the file when logged. Never call it with the maps' lock
+    /// held: it may wait for the disk.
+    fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
+        match self {
+            Json::Held(json) => Ok(Cow::Borrowed(json)),
+            Json::Logged(at) => {
+                let mut buf = vec![0; at.len as usize];
+                read_at(&at.file, &mut buf, at.offset)?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+}
+
+/// Fill `buf` from `offset` of `file`. Positional, so readers and the writer share one open file without
+/// a cursor to fight over.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Write all of `bytes` at `offset` of `file`, positionally (see [`read_at`]).
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < bytes.len() {
+            match std::os::windows::fs::FileExt::seek_write(file, &bytes[done..], offset + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Every live entry of one table.
@@ -131,6 +259,40 @@ impl Tables {
     fn of_mut(&mut self, table: Table) -> &mut Rows {
         &mut self.0[table as usize]
     }
+
+    /// Point every logged slot into `file`, which [`log::rewrite`] wrote from these tables unchanged:
+    /// `moved` holds, per table, each logged entry's key and its new offset, in the order the tables
+    /// iterated them then.
+    fn repoint(&mut self, file: &Arc<File>, moved: Vec<Vec<(Arc<str>, u64)>>) {
+        for (table, moved) in Table::ALL.into_iter().zip(moved) {
+            let slots = &mut self.of_mut(table).slots;
+            // An unchanged hash map iterates in the same order every time, so this is one pass, with
+            // the keys checked on the way (by pointer: they are the same `Arc`s).
+            let mut expected = moved.iter();
+            let mut in_order = true;
+            for (key, slot) in slots.iter_mut() {
+                if let Json::Logged(at) = &mut slot.json {
+                    match expected.next() {
+                        Some((moved_key, offset)) if Arc::ptr_eq(moved_key, key) => {
+                            *at = Location { file: file.clone(), offset: *offset, len: at.len };
+                        }
+                        _ => {
+                            in_order = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !in_order || expected.next().is_some() {
+                // Not expected; correct either way, one lookup per entry.
+                for (key, offset) in moved {
+                    if let Some(Slot { json: Json::Logged(at), .. }) = slots.get_mut(&key) {
+                        *at = Location { file: file.clone(), offset, len: at.len };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A store in memory over one log file, with a group-commit writer thread.
@@ -149,6 +311,8 @@ struct Shared {
     path: PathBuf,
     /// Only the writer thread takes it for writing, and never while it waits for the disk.
     tables: RwLock<Tables>,
+    /// How many times a compaction has replaced the log since the store was opened (for the tests).
+    compactions: AtomicU64,
 }
 
 impl Shared {
@@ -180,7 +344,7 @@ impl EmbeddedStore {
         let lock = lock(dir, &path)?;
         let mut opened = log::open(&path)?;
         let tables = RwLock::new(std::mem::take(&mut opened.tables));
-        let shared = Arc::new(Shared { dir: dir.to_path_buf(), path, tables });
+        let shared = Arc::new(Shared { dir: dir.to_path_buf(), path, tables, compactions: AtomicU64::new(0) });
         let writer = Writer::new(shared.clone(), opened, slack);
         let (requests, inbox) = mpsc::channel();
         let writer = std::thread::Builder::new()
@@ -270,6 +434,7 @@ impl Store for EmbeddedStore {
         // Runs on the calling task: a map lookup under a read lock the writer only holds to publish a
         // batch in memory. The lock is released before the JSON is parsed.
         let slot = self.shared.read().of(table).get(key).cloned();
+        // A logged value is read after the lock is released.
         slot.map(|slot| entry(table, key.to_owned(), &slot)).transpose()
     }
 
@@ -356,12 +521,15 @@ impl Shared {
                 }
                 // A value that cannot be read fails the scan rather than being skipped: skipping would
                 // silently drop, say, a pending delivery from the outbox.
+                // Outside the lock: the chunk holds copies of the slots, and a logged value is read from
+                // the file once, for the filter and the entry both.
+                let json = slot.json.bytes().map_err(|err| unreadable(table, &key, &err))?;
                 if let Some(filter) = filter
-                    && !matches(&slot.json, filter).map_err(|err| not_json(table, &key, &err))?
+                    && !matches(&json, filter).map_err(|err| not_json(table, &key, &err))?
                 {
                     continue;
                 }
-                page.entries.push(entry(table, key.to_string(), &slot)?);
+                page.entries.push(parse(table, key.to_string(), slot.etag, &json)?);
             }
             if end_of_table {
                 return Ok(page);
@@ -429,9 +597,19 @@ fn matches(json: &[u8], filter: Filter<'_>) -> Result<bool, serde_json::Error> {
     Ok(found)
 }
 
+/// The entry `slot` holds; reads a logged value from the file, so never with the maps' lock held.
 fn entry(table: Table, key: String, slot: &Slot) -> Result<Entry, StoreError> {
-    let value = serde_json::from_slice(&slot.json).map_err(|err| not_json(table, &key, &err))?;
-    Ok(Entry { key, etag: format_etag(slot.etag), value })
+    let json = slot.json.bytes().map_err(|err| unreadable(table, &key, &err))?;
+    parse(table, key, slot.etag, &json)
+}
+
+fn parse(table: Table, key: String, etag: u64, json: &[u8]) -> Result<Entry, StoreError> {
+    let value = serde_json::from_slice(json).map_err(|err| not_json(table, &key, &err))?;
+    Ok(Entry { key, etag: format_etag(etag), value })
+}
+
+fn unreadable(table: Table, key: &str, err: &io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}/{key}: the value cannot be read from the log: {err}", table.name()))
 }
 
 fn not_json(table: Table, key: &str, err: &serde_json::Error) -> StoreError {
@@ -452,3 +630,6 @@ fn parse_etag(etag: &str) -> Option<u64> {
 fn unexpected(doing: &str, applied: &Applied) -> StoreError {
     StoreError::Unavailable(format!("the store writer answered {doing} with {applied:?}"))
 }
+
+#[cfg(all(test, unix))]
+mod tests;

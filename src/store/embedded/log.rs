@@ -22,13 +22,17 @@
 //! that changes neither the length of the file nor where its blocks are only has to write the data:
 //! measured on ext4, it takes half the CPU and half the time of one that appends. So after the last
 //! record there may be zeros up to the end of the file; they read back as free space, not damage.
+//!
+//! Values larger than the store holds in memory stay in the file: reading the log back records where
+//! each one's JSON lies (its absolute offset in the file) rather than keeping it, and a compaction
+//! copies them from the old file to the new one a record at a time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Slot, Tables};
+use super::{Json, Slot, Tables, read_at, write_at};
 use crate::store::{StoreError, Table};
 
 const MAGIC: &[u8; 8] = b"ITSMCLOG";
@@ -99,15 +103,17 @@ impl Record {
         self.buf.resize(RECORD_HEADER, 0);
     }
 
-    pub(super) fn put(&mut self, table: Table, key: &str, etag: u64, json: &[u8]) {
-        self.op(PUT, table, key, etag, json);
+    /// Where `json` starts in the sealed record, counted from the record's first byte: added to the
+    /// offset the record is written at, where it lies in the file.
+    pub(super) fn put(&mut self, table: Table, key: &str, etag: u64, json: &[u8]) -> u64 {
+        self.op(PUT, table, key, etag, json)
     }
 
     pub(super) fn delete(&mut self, table: Table, key: &str, etag: u64) {
         self.op(DELETE, table, key, etag, &[]);
     }
 
-    fn op(&mut self, kind: u8, table: Table, key: &str, etag: u64, json: &[u8]) {
+    fn op(&mut self, kind: u8, table: Table, key: &str, etag: u64, json: &[u8]) -> u64 {
         // The callers enforce MAX_OP_BYTES, so the lengths fit.
         self.buf.reserve(OP_HEADER + key.len() + json.len());
         self.buf.extend_from_slice(&[kind, table_id(table)]);
@@ -115,7 +121,9 @@ impl Record {
         self.buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(key.as_bytes());
+        let at = self.buf.len() as u64;
         self.buf.extend_from_slice(json);
+        at
     }
 
     pub(super) fn payload_len(&self) -> usize {
@@ -145,14 +153,18 @@ struct Op<'a> {
     etag: u64,
     key: &'a str,
     json: &'a [u8],
+    /// Where `json` starts in the payload.
+    at: usize,
 }
 
 /// The ops of a payload whose checksum held. An error here is not a torn write but bytes this version
 /// did not write (a future format, or a bug), so it is reported, never skipped.
-fn decode(mut payload: &[u8], mut each: impl FnMut(Op<'_>)) -> Result<(), String> {
+fn decode(payload: &[u8], mut each: impl FnMut(Op<'_>)) -> Result<(), String> {
     if payload.is_empty() {
         return Err("an empty record".into());
     }
+    let whole = payload.len();
+    let mut payload = payload;
     while !payload.is_empty() {
         if payload.len() < OP_HEADER {
             return Err(format!("an op header cut short ({} bytes)", payload.len()));
@@ -170,9 +182,10 @@ fn decode(mut payload: &[u8], mut each: impl FnMut(Op<'_>)) -> Result<(), String
             return Err("an op longer than its record".into());
         }
         let (key, rest) = rest.split_at(key_len);
+        let at = whole - rest.len();
         let (json, rest) = rest.split_at(json_len);
         let key = std::str::from_utf8(key).map_err(|_| "a key that is not UTF-8".to_string())?;
-        each(Op { kind, table, etag, key, json });
+        each(Op { kind, table, etag, key, json, at });
         payload = rest;
     }
     Ok(())
@@ -180,7 +193,8 @@ fn decode(mut payload: &[u8], mut each: impl FnMut(Op<'_>)) -> Result<(), String
 
 /// The state read back from the log, and the log ready for the next record.
 pub(super) struct Opened {
-    pub file: File,
+    /// Shared with the slots of logged values.
+    pub file: Arc<File>,
     /// Bytes of valid records (and the header): where the next record goes.
     pub len: u64,
     /// The length of the file: `len`, or more when zeros were written ahead.
@@ -215,17 +229,18 @@ pub(super) fn open(path: &Path) -> Result<Opened, StoreError> {
 }
 
 fn create(path: &Path) -> io::Result<File> {
-    let (file, _) = rewrite(path, &Tables::default(), 0)?;
+    let rewritten = rewrite(path, &Tables::default(), 0)?;
     sync_dir(path)?;
-    Ok(file)
+    Ok(rewritten.file)
 }
 
 fn replay(path: &Path, file: File) -> Result<Opened, StoreError> {
+    let file = Arc::new(file);
     let unavailable = |err: io::Error| StoreError::Unavailable(format!("cannot read {}: {err}", path.display()));
     let corrupt = |detail: String| StoreError::Corrupt(format!("{}: {detail}", path.display()));
     let file_len = file.metadata().map_err(unavailable)?.len();
-    (&file).seek(SeekFrom::Start(0)).map_err(unavailable)?;
-    let mut reader = io::BufReader::with_capacity(256 * 1024, &file);
+    (&*file).seek(SeekFrom::Start(0)).map_err(unavailable)?;
+    let mut reader = io::BufReader::with_capacity(256 * 1024, &*file);
 
     let mut header = [0u8; HEADER_LEN as usize];
     if read_full(&mut reader, &mut header).map_err(unavailable)? < header.len() || &header[..8] != MAGIC {
@@ -259,7 +274,8 @@ fn replay(path: &Path, file: File) -> Result<Opened, StoreError> {
             allocated = settle_tail(path, &file, len, file_len)?;
             break;
         }
-        decode(&payload, |op| apply(&mut tables, &mut live_bytes, &mut last_etag, op))
+        let payload_at = len + RECORD_HEADER as u64;
+        decode(&payload, |op| apply(&mut tables, &mut live_bytes, &mut last_etag, op, &file, payload_at))
             .map_err(|detail| corrupt(format!("the record at byte {len} holds {detail}")))?;
         len = end;
     }
@@ -267,12 +283,22 @@ fn replay(path: &Path, file: File) -> Result<Opened, StoreError> {
     Ok(Opened { file, len, allocated, tables, last_etag, live_bytes })
 }
 
-fn apply(tables: &mut Tables, live_bytes: &mut u64, last_etag: &mut u64, op: Op<'_>) {
+/// Apply one op read back from the record whose payload starts at `payload_at` of `file`.
+fn apply(
+    tables: &mut Tables,
+    live_bytes: &mut u64,
+    last_etag: &mut u64,
+    op: Op<'_>,
+    file: &Arc<File>,
+    payload_at: u64,
+) {
     *last_etag = (*last_etag).max(op.etag);
     let rows = tables.of_mut(op.table);
     let old = if op.kind == PUT {
         *live_bytes += op_size(op.key.len(), op.json.len());
-        rows.put(op.key, Slot { etag: op.etag, json: Arc::from(op.json) })
+        // A large value is not kept, only where it lies in the file.
+        let json = Json::read_back(op.json, file, payload_at + op.at as u64);
+        rows.put(op.key, Slot { etag: op.etag, json })
     } else {
         rows.remove(op.key)
     };
@@ -349,16 +375,27 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Write `tables` as a new log beside `path`, make it durable and move it over `path`. Returns the new
-/// log, open for writing, and its length. The rename is not durable until [`sync_dir`] succeeds.
+/// A log written by [`rewrite`].
+pub(super) struct Rewritten {
+    /// Open for writing.
+    pub file: File,
+    pub len: u64,
+    /// Per table (in the order of `Table::ALL`), each logged value's key and its offset in the new
+    /// file, in the order the table iterated them: what [`Tables::repoint`] needs.
+    pub moved: Vec<Vec<(Arc<str>, u64)>>,
+}
+
+/// Write `tables` as a new log beside `path`, make it durable and move it over `path`. Logged values
+/// are copied from their files one at a time, so it takes memory for one record, not for the state.
+/// The rename is not durable until [`sync_dir`] succeeds.
 ///
 /// Until the rename the old log is untouched, so a crash or an error (a full disk) at any point before
 /// it leaves the old log in place; the partial copy is removed here, or at the next open.
-pub(super) fn rewrite(path: &Path, tables: &Tables, etag_floor: u64) -> io::Result<(File, u64)> {
+pub(super) fn rewrite(path: &Path, tables: &Tables, etag_floor: u64) -> io::Result<Rewritten> {
     let tmp = tmp_path(path);
-    let written = write_snapshot(&tmp, tables, etag_floor).and_then(|(file, len)| {
+    let written = write_snapshot(&tmp, tables, etag_floor).and_then(|rewritten| {
         std::fs::rename(&tmp, path)?;
-        Ok((file, len))
+        Ok(rewritten)
     });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -366,7 +403,7 @@ pub(super) fn rewrite(path: &Path, tables: &Tables, etag_floor: u64) -> io::Resu
     written
 }
 
-fn write_snapshot(tmp: &Path, tables: &Tables, etag_floor: u64) -> io::Result<(File, u64)> {
+fn write_snapshot(tmp: &Path, tables: &Tables, etag_floor: u64) -> io::Result<Rewritten> {
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(tmp)?;
     let mut header = Vec::with_capacity(HEADER_LEN as usize);
     header.extend_from_slice(MAGIC);
@@ -378,9 +415,23 @@ fn write_snapshot(tmp: &Path, tables: &Tables, etag_floor: u64) -> io::Result<(F
     let mut len = HEADER_LEN;
     let mut record = Record::default();
     record.begin();
+    let mut moved = Vec::with_capacity(Table::ALL.len());
+    // One logged value at a time, copied from the file it is in.
+    let mut value = Vec::new();
     for table in Table::ALL {
+        let mut logged = Vec::new();
         for (key, slot) in tables.of(table).iter() {
-            record.put(table, key, slot.etag, &slot.json);
+            match &slot.json {
+                Json::Held(json) => {
+                    record.put(table, key, slot.etag, json);
+                }
+                Json::Logged(from) => {
+                    value.resize(from.len as usize, 0);
+                    read_at(&from.file, &mut value, from.offset)?;
+                    // `len` is where the record being filled will be written.
+                    logged.push((key.clone(), len + record.put(table, key, slot.etag, &value)));
+                }
+            }
             if record.payload_len() >= SNAPSHOT_RECORD {
                 let bytes = record.seal();
                 file.write_all(bytes)?;
@@ -388,6 +439,7 @@ fn write_snapshot(tmp: &Path, tables: &Tables, etag_floor: u64) -> io::Result<(F
                 record.begin();
             }
         }
+        moved.push(logged);
     }
     if record.payload_len() > 0 {
         let bytes = record.seal();
@@ -395,20 +447,19 @@ fn write_snapshot(tmp: &Path, tables: &Tables, etag_floor: u64) -> io::Result<(F
         len += bytes.len() as u64;
     }
     file.sync_all()?;
-    Ok((file, len))
+    Ok(Rewritten { file, len, moved })
 }
 
 /// Write zeros over `from..to` of the log and make them durable, so that the records written there
 /// next are synced without changing the file's length or its block map.
-pub(super) fn write_zeros(file: &mut File, from: u64, to: u64) -> io::Result<()> {
+pub(super) fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     // Reading a static of zeros maps the zero page: it costs no memory.
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    file.seek(SeekFrom::Start(from))?;
-    let mut left = to.saturating_sub(from);
-    while left > 0 {
-        let chunk = left.min(ZEROS.len() as u64) as usize;
-        file.write_all(&ZEROS[..chunk])?;
-        left -= chunk as u64;
+    let mut at = from;
+    while at < to {
+        let chunk = (to - at).min(ZEROS.len() as u64) as usize;
+        write_at(file, &ZEROS[..chunk], at)?;
+        at += chunk as u64;
     }
     file.sync_data()
 }

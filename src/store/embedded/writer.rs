@@ -7,19 +7,27 @@
 //! A batch goes through three steps. Its conditions are evaluated against the committed tables plus the
 //! earlier ops of the same batch (an overlay), and the ops that pass are encoded into one record. The
 //! record is appended and synced. Only then are the tables changed, under the write lock, and the
-//! callers answered: readers never see a write that a crash could still take back.
+//! callers answered: readers never see a write that a crash could still take back. A large value is
+//! published as where it now lies in the log (the offset the record was written at, plus the value's
+//! place in the record), not as its bytes.
+//!
+//! A write that fails (typically a full disk) is cut back off the file and its callers are told that
+//! nothing changed; the tables were not touched, so they never run ahead of the disk, and the next batch
+//! is written where the failed one began, which is how the store recovers by itself once there is
+//! space again.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::log::{self, Record};
-use super::{Shared, Slot};
+use super::{Json, Shared, Slot, write_at};
 use crate::store::{StoreError, Table};
 
 /// Most operations one batch carries, and the size at which the writer stops adding more. They bound
@@ -81,7 +89,8 @@ pub(super) enum Applied {
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    /// Shared with the slots of the values logged in it.
+    file: Arc<File>,
     /// The length of the log up to its last durable record: where the next record goes.
     len: u64,
     /// The length of the file, past `len` by the zeros written ahead.
@@ -153,13 +162,13 @@ impl Writer {
         let appended = if self.record.payload_len() == 0 {
             // Every condition failed: nothing to make durable, so no write and no fsync. The answers
             // describe committed state, since every earlier batch was durable before it was published.
-            Ok(())
+            Ok(self.len)
         } else {
             self.append()
         };
         self.record.shrink();
         let answers = match appended {
-            Ok(()) => self.publish(batch, outcomes),
+            Ok(at) => self.publish(batch, outcomes, at),
             Err(cause) => {
                 let path = self.shared.path.display();
                 tracing::error!(%path, ops = batch.len(), %cause, "a store write failed");
@@ -173,8 +182,9 @@ impl Writer {
         }
     }
 
-    /// Decide each op in order, encoding the ones that pass into `self.record`.
-    fn evaluate(&mut self, batch: &[Request]) -> Vec<Applied> {
+    /// Decide each op in order, encoding the ones that pass into `self.record`; with each outcome, where
+    /// a written value starts in the record (0 for the others).
+    fn evaluate(&mut self, batch: &[Request]) -> Vec<(Applied, u64)> {
         let tables = self.shared.read();
         // What the batch has written so far; `None` is a delete.
         let mut overlay: HashMap<(Table, &str), Option<Slot>> = HashMap::new();
@@ -193,7 +203,7 @@ impl Writer {
                     Op::Replace { if_match, .. } | Op::Delete { if_match } => etag.is_some() && etag == if_match,
                 };
                 if !proceed {
-                    return Applied::Unchanged(current.cloned());
+                    return (Applied::Unchanged(current.cloned()), 0);
                 }
                 // A delete takes a number too, so that every record carries a fresh etag and the counter
                 // read back at open is simply the highest one. A batch that then fails leaves the counter
@@ -202,22 +212,25 @@ impl Writer {
                 let etag = self.last_etag;
                 match &request.op {
                     Op::Insert { json } | Op::Replace { json, .. } => {
-                        self.record.put(request.table, key, etag, json);
-                        overlay.insert((request.table, key), Some(Slot { etag, json: json.clone() }));
-                        Applied::Written(etag)
+                        let at = self.record.put(request.table, key, etag, json);
+                        // Held whatever its size: the request has the bytes until the batch is answered.
+                        let written = Slot { etag, json: Json::Held(json.clone()) };
+                        overlay.insert((request.table, key), Some(written));
+                        (Applied::Written(etag), at)
                     }
                     Op::Delete { .. } => {
                         self.record.delete(request.table, key, etag);
                         overlay.insert((request.table, key), None);
-                        Applied::Deleted
+                        (Applied::Deleted, 0)
                     }
                 }
             })
             .collect()
     }
 
-    /// Append the record and make it durable, or leave the log as it was before.
-    fn append(&mut self) -> Result<(), String> {
+    /// Append the record and make it durable, or leave the log as it was before. Where the record
+    /// starts in the file.
+    fn append(&mut self) -> Result<u64, String> {
         let path = &self.shared.path;
         if self.truncate_pending {
             self.file.set_len(self.len).map_err(|err| {
@@ -233,13 +246,13 @@ impl Writer {
             self.dir_sync_pending = false;
         }
         let bytes = self.record.seal();
+        let at = self.len;
         // fdatasync, since the data and the length are all a reader needs.
-        let written = self.file.seek(SeekFrom::Start(self.len)).and_then(|_| self.file.write_all(bytes));
-        match written.and_then(|()| self.file.sync_data()) {
+        match write_at(&self.file, bytes, at).and_then(|()| self.file.sync_data()) {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 self.allocated = self.allocated.max(self.len);
-                Ok(())
+                Ok(at)
             }
             Err(err) => {
                 // Cut off whatever part of the record was written (and the zeros ahead, which a full
@@ -252,23 +265,30 @@ impl Writer {
                         self.truncate_pending = true;
                     }
                 }
-                Err(format!("writing to {} failed: {err}", path.display()))
+                Err(write_failed(&self.shared, &err))
             }
         }
     }
 
-    /// Apply a durable batch to the tables and pair every reply with its answer.
-    fn publish(&mut self, batch: &mut Vec<Request>, outcomes: Vec<Applied>) -> Vec<(oneshot::Sender<Answer>, Answer)> {
+    /// Apply a durable batch, whose record was written at `record_at`, to the tables and pair every reply
+    /// with its answer.
+    fn publish(
+        &mut self,
+        batch: &mut Vec<Request>,
+        outcomes: Vec<(Applied, u64)>,
+        record_at: u64,
+    ) -> Vec<(oneshot::Sender<Answer>, Answer)> {
         let mut answers = Vec::with_capacity(batch.len());
         // Dropped once the lock is released: freeing values takes time, and readers wait meanwhile.
         let mut replaced = Vec::new();
         let mut tables = self.shared.write();
-        for (request, outcome) in batch.drain(..).zip(outcomes) {
+        for (request, (outcome, value_at)) in batch.drain(..).zip(outcomes) {
             let rows = tables.of_mut(request.table);
             let key = request.key.as_str();
             let old = match (&outcome, request.op) {
                 (Applied::Written(etag), Op::Insert { json } | Op::Replace { json, .. }) => {
                     self.live_bytes += log::op_size(key.len(), json.len());
+                    let json = Json::new(json, &self.file, record_at + value_at);
                     rows.put(key, Slot { etag: *etag, json })
                 }
                 (Applied::Deleted, _) => rows.remove(key),
@@ -293,13 +313,19 @@ impl Writer {
         }
         let path = &self.shared.path;
         let before = self.len;
-        // Readers go on reading meanwhile; only writes wait.
+        // Readers go on reading meanwhile, the old file included; only writes wait.
         let rewritten = log::rewrite(path, &self.shared.read(), self.last_etag);
         match rewritten {
-            Ok((file, len)) => {
+            Ok(log::Rewritten { file, len, moved }) => {
+                let file = Arc::new(file);
+                // Every logged value at once: a reader finds either all of them in the old file, which
+                // it holds open while it reads, or all in the new one.
+                self.shared.write().repoint(&file, moved);
+                // The old file is closed once the last reader that copied a location into it is done.
                 self.file = file;
                 self.len = len;
                 self.allocated = len;
+                self.shared.compactions.fetch_add(1, Ordering::Relaxed);
                 self.truncate_pending = false;
                 if let Err(err) = log::sync_dir(path) {
                     // The next write retries it before it is acknowledged.
@@ -323,7 +349,7 @@ impl Writer {
             return;
         }
         let target = self.len + WRITE_AHEAD;
-        match log::write_zeros(&mut self.file, self.allocated, target) {
+        match log::write_zeros(&self.file, self.allocated, target) {
             Ok(()) => self.allocated = target,
             Err(err) => {
                 // Only an optimization: records are appended past the end just as well. Typically a
@@ -334,5 +360,20 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// What the callers of a failed write are told. A full disk is named as such, with what to do about it:
+/// the error alone ("No space left on device") does not say which device, or that nothing was kept.
+fn write_failed(shared: &Shared, err: &io::Error) -> String {
+    if matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) {
+        format!(
+            "the data directory {} is full (no space left on the device): writing to {} failed ({err}); the \
+             write was not recorded, and the store takes writes again as soon as space is freed",
+            shared.dir.display(),
+            shared.path.display()
+        )
+    } else {
+        format!("writing to {} failed: {err}", shared.path.display())
     }
 }
