@@ -8,7 +8,11 @@
 //! (`ITSMC_MAX_REQUESTS_PER_SECOND`, `STORM_RATE`, default 98 % of the limit: the instance counts arrivals, which
 //! jitter, so sending at exactly its rate gets a 429, and a second's pause, now and then), one on the defaults,
 //! where only the 429s pace it. Knobs: `STORM_ALERTS` (10000), `STORM_SECONDS` (10), `STORM_LATENCY_MS` (300), `STORM_LIMIT` (100).
-//! Under `cargo test` (no `--bench` argument) it runs one small storm so the harness stays working.
+//! Then the backlog (`STORM_BACKLOG`, default 100,000): that many alerts posted while ServiceNow is down, so that
+//! every one waits in the outbox, then ServiceNow back (no latency, no limit) and the outbox drained; it reports
+//! itsmc's resident memory with the full outbox and its peak while draining it.
+//! Under `cargo test` (no `--bench` argument) it runs one small storm and a small backlog so the harness stays
+//! working.
 
 #[allow(dead_code)]
 #[path = "support/load.rs"]
@@ -53,6 +57,7 @@ fn main() {
         if full {
             run(&storm, "defaults", &[]).await;
         }
+        backlog(if full { env_number("STORM_BACKLOG", 100_000) } else { 500 }).await;
     });
 }
 
@@ -172,4 +177,62 @@ async fn post_storm(url: &str, storm: &Storm) -> Vec<(Duration, u16)> {
         answers.push(done.unwrap());
     }
     answers
+}
+
+/// A full outbox: `alerts` queued while ServiceNow is down, then drained.
+async fn backlog(alerts: u64) {
+    let sn = Arc::new(ServiceNowEmulator::start(EmulatorConfig::default()));
+    sn.set_down(true);
+    let (itsmc, _) = start_itsmc(sn.as_ref(), &[]);
+    let pid = itsmc.child.id();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut posters = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, next, url) = (client.clone(), Arc::clone(&next), format!("{}/api/alert", itsmc.url));
+        posters.spawn(async move {
+            let mut refused = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= alerts {
+                    return refused;
+                }
+                let status = client.post(&url).body(alert(i, "backlog")).send().await.map(|r| r.status().as_u16());
+                refused += usize::from(!matches!(status, Ok(202)));
+            }
+        });
+    }
+    let mut refused = 0;
+    while let Some(done) = posters.join_next().await {
+        refused += done.unwrap();
+    }
+    let queued = started.elapsed();
+    let full_rss = proc::status_kib(pid, "VmRSS:");
+    let full_peak = proc::status_kib(pid, "VmHWM:");
+    sn.set_down(false);
+    let drain_started = Instant::now();
+    let mut peak_rss = 0;
+    while (sn.count("incident") as u64) < alerts && drain_started.elapsed() < Duration::from_secs(alerts / 100 + 120) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss = peak_rss.max(proc::status_kib(pid, "VmRSS:"));
+    }
+    let made = sn.count("incident");
+    println!(
+        "== backlog: {alerts} alerts queued while ServiceNow was down in {:.1} s ({refused} not answered 202)",
+        queued.as_secs_f64()
+    );
+    println!(
+        "itsmc RSS with the full outbox {:.1} MB (peak so far {:.1} MB); drained {made} in {:.1} s, RSS at most {:.1} MB \
+         while draining (sampled every 0.5 s), peak of the whole run {:.1} MB",
+        full_rss as f64 / 1024.0,
+        full_peak as f64 / 1024.0,
+        drain_started.elapsed().as_secs_f64(),
+        peak_rss as f64 / 1024.0,
+        proc::status_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+    assert_eq!(refused, 0, "every alert is queued (202) while ServiceNow is down");
+    assert_eq!(made as u64, alerts, "every queued alert is created once ServiceNow is back");
+    drop(itsmc);
+    sn.shutdown();
 }

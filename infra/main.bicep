@@ -50,6 +50,10 @@ type tunables = {
   ITSMC_REFRESH_TOKEN_WARN_DAYS: string?
   @description('How long the alert route waits for ServiceNow before answering 202, ms. Default 5000.')
   ITSMC_ALERT_BUDGET_MS: string?
+  @description('Requests a connection may have in flight. Default 64.')
+  ITSMC_MAX_CONCURRENT_REQUESTS: string?
+  @description('Requests a connection may start per second; a little under the instance\'s rate limit rule. Default 0: none of its own (it learns the pace from 429s).')
+  ITSMC_MAX_REQUESTS_PER_SECOND: string?
   @description('First retry delay of the outbox, ms. Default 2000.')
   ITSMC_OUTBOX_BACKOFF_MS: string?
   @description('Retry a delivery this long before dead-lettering it, seconds. Default 86400.')

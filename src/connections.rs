@@ -51,7 +51,7 @@ impl Status {
 /// Tests the named connection.
 pub async fn test(intake: &Intake, name: &str) -> Result<Diagnosis, String> {
     let (connection, connector) = intake.connection(name).ok_or_else(|| unknown(intake, name))?;
-    let diagnosis = connector.probe().await;
+    let diagnosis = crate::itsm::limit::probe(connector.probe()).await;
     intake.connection_status.set(&connection.name, diagnosis.clone());
     Ok(diagnosis)
 }
@@ -60,7 +60,7 @@ pub async fn test(intake: &Intake, name: &str) -> Result<Diagnosis, String> {
 /// connection's settings against them.
 pub async fn refresh(intake: &Intake, name: &str) -> Result<Refreshed, String> {
     let (connection, connector) = intake.connection(name).ok_or_else(|| unknown(intake, name))?;
-    let mut diagnosis = connector.probe().await;
+    let mut diagnosis = crate::itsm::limit::probe(connector.probe()).await;
     let configuration = if diagnosis.ok {
         match connector.configuration().await {
             Ok(configuration) => configuration,

@@ -371,11 +371,20 @@ impl Intake {
                 let expired = now - first_seen >= self.config.outbox.max_age.as_millis() as i64;
                 record["lastError"] = json!(error.to_string());
                 if error.is_retryable() && !expired {
-                    let wait = outbox::backoff(&self.config.outbox, attempts as u32, error.retry_after());
+                    // Held back by the connection's limits, nothing failed: the outbox takes it at once, and its
+                    // place in the connection's queue is the wait.
+                    let wait = match &error {
+                        Failure::Itsm(ItsmError::Busy { retry_after, .. }) => retry_after.unwrap_or_default(),
+                        _ => outbox::backoff(&self.config.outbox, attempts as u32, error.retry_after()),
+                    };
                     record["state"] = json!("pending");
                     record["nextAttemptAt"] = json!(now + wait.as_millis() as i64);
                     record["leaseUntil"] = json!(0);
-                    tracing::warn!(delivery, rule = %alert.rule, attempts, error = %error, retry_in_ms = wait.as_millis() as u64, "work item queued for retry");
+                    if matches!(error, Failure::Itsm(ItsmError::Busy { .. })) {
+                        tracing::debug!(delivery, rule = %alert.rule, error = %error, "work item left to the outbox");
+                    } else {
+                        tracing::warn!(delivery, rule = %alert.rule, attempts, error = %error, retry_in_ms = wait.as_millis() as u64, "work item queued for retry");
+                    }
                     self.wakeup.at(now + wait.as_millis() as i64);
                     Ok(Outcome { action: Action::Queued, work_items: Vec::new() })
                 } else {

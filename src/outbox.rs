@@ -6,6 +6,7 @@
 //! (its instance died) is taken by the next drain. The local worker sleeps until the earliest known due
 //! time, and rescans the store every 30 s for work other instances left behind.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -69,9 +70,41 @@ const PARALLEL: usize = 256;
 
 /// Retry every due pending delivery once. The outbox is read a page at a time while earlier pages are worked
 /// on, so a drain of 100,000 deliveries holds one page and `PARALLEL` deliveries in memory, not all of them.
+/// When a pass over the outbox found work, another pass follows while that work is still running: what fell
+/// due meanwhile (an alert storm's webhooks, queued at once) joins without the pipeline running dry first.
 pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
     let mut report = DrainReport::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut running: HashSet<String> = HashSet::new();
+    loop {
+        let (pending, next_due) = (report.pending, report.next_due);
+        (report.pending, report.next_due) = (0, 0);
+        let started = report.attempted + running.len();
+        if !pass(intake, &mut report, &mut tasks, &mut running).await {
+            break;
+        }
+        if report.attempted + running.len() == started {
+            // Nothing new was due: the last pass's view of the outbox stands.
+            if report.pending == 0 && report.next_due == 0 {
+                (report.pending, report.next_due) = (pending, next_due);
+            }
+            break;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        report.count(done, &mut running);
+    }
+    report
+}
+
+/// One pass over the outbox: every due delivery not already running is started. `false` when the outbox
+/// could not be read.
+async fn pass(
+    intake: &Arc<Intake>,
+    report: &mut DrainReport,
+    tasks: &mut tokio::task::JoinSet<(String, Retried)>,
+    running: &mut HashSet<String>,
+) -> bool {
     let mut continuation: Option<String> = None;
     let now = now_ms();
     loop {
@@ -80,7 +113,7 @@ pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be read");
-                break;
+                return false;
             }
         };
         for entry in page.entries {
@@ -93,43 +126,53 @@ pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
                 }
                 continue;
             }
+            if running.contains(&entry.key) {
+                continue;
+            }
             while tasks.len() >= PARALLEL {
                 let Some(done) = tasks.join_next().await else { break };
-                report.count(done);
+                report.count(done, running);
             }
+            running.insert(entry.key.clone());
             let intake = Arc::clone(intake);
-            tasks.spawn(async move { retry(&intake, entry).await });
+            tasks.spawn(async move { (entry.key.clone(), retry(&intake, entry).await) });
         }
         match page.continuation {
             Some(c) => continuation = Some(c),
-            None => break,
+            None => return true,
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        report.count(done);
-    }
-    report
 }
 
 type Retried = Option<Result<crate::intake::Outcome, crate::intake::IntakeError>>;
 
 impl DrainReport {
-    fn count(&mut self, done: Result<Retried, tokio::task::JoinError>) {
-        match done {
-            Ok(Some(Ok(outcome))) if outcome.action == crate::intake::Action::Queued => {
+    fn count(&mut self, done: Result<(String, Retried), tokio::task::JoinError>, running: &mut HashSet<String>) {
+        let retried = match done {
+            Ok((key, retried)) => {
+                running.remove(&key);
+                retried
+            }
+            Err(e) => {
+                // The key is lost with the task; a later pass finds the delivery under its lease.
+                tracing::error!(error = %e, "an outbox retry panicked");
+                return;
+            }
+        };
+        match retried {
+            Some(Ok(outcome)) if outcome.action == crate::intake::Action::Queued => {
                 self.attempted += 1;
                 self.requeued += 1;
             }
-            Ok(Some(Ok(_))) => {
+            Some(Ok(_)) => {
                 self.attempted += 1;
                 self.succeeded += 1;
             }
-            Ok(Some(Err(_))) => {
+            Some(Err(_)) => {
                 self.attempted += 1;
                 self.dead += 1;
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "an outbox retry panicked"),
+            None => {}
         }
     }
 }

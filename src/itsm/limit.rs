@@ -56,18 +56,30 @@ const LONGEST_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
-    /// Set in the alert route's own attempt: whether a request of it has been sent yet.
-    static INLINE: Cell<bool>;
+    /// Who is sending; outside any scope, work that has time (the outbox, the sync).
+    static SCOPE: Scope;
+}
+
+enum Scope {
+    /// The alert route's own attempt, and whether a request of it has been sent yet.
+    Webhook(Cell<bool>),
+    /// A connection test: it waits its turn like any work, but reports a 429 instead of waiting it out.
+    Probe,
 }
 
 /// Runs `work` as the alert route's own attempt: its requests never wait long for the connection.
 pub async fn inline<F: Future>(work: F) -> F::Output {
-    INLINE.scope(Cell::new(false), work).await
+    SCOPE.scope(Scope::Webhook(Cell::new(false)), work).await
+}
+
+/// Runs `work` as a connection test, which must see the tool's 429 to report it.
+pub async fn probe<F: Future>(work: F) -> F::Output {
+    SCOPE.scope(Scope::Probe, work).await
 }
 
 /// Whether the running task is the alert route's own attempt.
 pub fn is_inline() -> bool {
-    INLINE.try_with(|_| ()).is_ok()
+    SCOPE.try_with(|scope| matches!(scope, Scope::Webhook(_))).unwrap_or(false)
 }
 
 /// How long a request may wait for the connection.
@@ -82,11 +94,20 @@ enum Patience {
 }
 
 fn patience() -> Patience {
-    match INLINE.try_with(|started| started.replace(true)) {
-        Err(_) => Patience::Unbounded,
-        Ok(false) => Patience::None,
-        Ok(true) => Patience::Until(Instant::now() + INLINE_PATIENCE),
+    let started = SCOPE.try_with(|scope| match scope {
+        Scope::Webhook(started) => Some(started.replace(true)),
+        Scope::Probe => None,
+    });
+    match started {
+        Ok(Some(false)) => Patience::None,
+        Ok(Some(true)) => Patience::Until(Instant::now() + INLINE_PATIENCE),
+        _ => Patience::Unbounded,
     }
+}
+
+/// Whether a 429 is waited out and the request sent again.
+fn waits_out_429s() -> bool {
+    SCOPE.try_with(|_| ()).is_err()
 }
 
 pub struct Limiter {
@@ -135,7 +156,7 @@ impl Limiter {
         failed: impl Fn(reqwest::Error) -> E,
     ) -> Result<reqwest::Response, E> {
         let patience = patience();
-        let inline = patience != Patience::Unbounded;
+        let waits = waits_out_429s();
         let mut request = request;
         loop {
             let permit = self.admit(patience).await?;
@@ -152,7 +173,7 @@ impl Limiter {
             let pause = crate::http::retry_after(response.headers()).unwrap_or(DEFAULT_PAUSE);
             self.pause(pause);
             match again {
-                Some(next) if !inline && pause <= LONGEST_WAIT => request = next,
+                Some(next) if waits && pause <= LONGEST_WAIT => request = next,
                 _ => return Ok(response),
             }
         }
@@ -254,7 +275,7 @@ impl Schedule {
 }
 
 fn busy(why: &str, retry_after: Option<Duration>) -> ItsmError {
-    ItsmError::Transient { message: format!("queued: {why}"), retry_after }
+    ItsmError::Busy { message: format!("queued: {why}"), retry_after }
 }
 
 #[cfg(test)]
@@ -275,7 +296,7 @@ mod tests {
         // Five starts at 10 a second: the fifth at 400 ms.
         assert_eq!(begun.elapsed(), Duration::from_millis(400));
         let refused = limiter.admit(Patience::None).await.map(drop);
-        assert!(matches!(refused, Err(ItsmError::Transient { retry_after: Some(_), .. })), "{refused:?}");
+        assert!(matches!(refused, Err(ItsmError::Busy { retry_after: Some(_), .. })), "{refused:?}");
         // A later request of a started attempt may wait for the next start, 100 ms away.
         let begun = Instant::now();
         assert!(limiter.admit(later(150)).await.is_ok());
@@ -289,7 +310,7 @@ mod tests {
         for patience in [Patience::None, later(150)] {
             let refused = limiter.admit(patience).await.map(drop);
             assert!(
-                matches!(&refused, Err(ItsmError::Transient { retry_after: Some(wait), .. }) if *wait == Duration::from_secs(3)),
+                matches!(&refused, Err(ItsmError::Busy { retry_after: Some(wait), .. }) if *wait == Duration::from_secs(3)),
                 "{refused:?}"
             );
         }
@@ -313,9 +334,16 @@ mod tests {
     #[tokio::test]
     async fn the_first_request_of_an_attempt_is_told_apart_from_the_rest() {
         assert_eq!(patience(), Patience::Unbounded);
+        assert!(waits_out_429s());
         inline(async {
             assert_eq!(patience(), Patience::None);
             assert!(matches!(patience(), Patience::Until(_)));
+            assert!(!waits_out_429s());
+        })
+        .await;
+        probe(async {
+            assert_eq!(patience(), Patience::Unbounded);
+            assert!(!waits_out_429s());
         })
         .await;
     }

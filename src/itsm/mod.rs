@@ -75,6 +75,10 @@ pub enum ItsmError {
     /// Timeout, connection failure, 429 or 5xx: try again later (after `retry_after` if the tool said).
     #[error("{message}")]
     Transient { message: String, retry_after: Option<Duration> },
+    /// Not sent: the connection's limits had no room for the alert route's own attempt. The outbox takes it
+    /// over at once (after `retry_after` when the tool asked for a pause); nothing failed.
+    #[error("{message}")]
+    Busy { message: String, retry_after: Option<Duration> },
     /// The tool refused our credentials even after renewing them. Retried, since an operator may fix them.
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -108,11 +112,11 @@ impl ItsmError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ItsmError::Transient { .. } | ItsmError::Auth(_))
+        matches!(self, ItsmError::Transient { .. } | ItsmError::Busy { .. } | ItsmError::Auth(_))
     }
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ItsmError::Transient { retry_after, .. } => *retry_after,
+            ItsmError::Transient { retry_after, .. } | ItsmError::Busy { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

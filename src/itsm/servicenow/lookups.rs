@@ -20,6 +20,9 @@ use crate::workitem::WorkItemType;
 
 /// Keys one query asks for: 100 keys of 64 hex digits keep the URL under 8 KB.
 const BATCH: usize = 100;
+/// How long a batch that has room waits for more keys. Only the outbox's retries wait for a batch, and a
+/// lookup saved is a request the instance's rate limit leaves for a create.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Lookup queries on their way at once. Only the outbox's retries wait for one, so fewer and fuller batches
 /// beat shorter waits; two keep a slow answer from holding every lookup up.
 const RUNNERS: usize = 2;
@@ -72,6 +75,9 @@ impl Lookups {
         }
         let _leaving = Leaving(&self);
         loop {
+            if self.lock().queue.len() < BATCH {
+                tokio::time::sleep(LINGER).await;
+            }
             let batch = {
                 let mut waiting = self.lock();
                 let Some(kind) = waiting.queue.first().map(|(kind, ..)| *kind) else { return };
