@@ -6,6 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::capture::CaptureExt;
 use support::harness::{KillOnDrop, fixture, free_port};
 
 #[tokio::test]
@@ -19,6 +20,7 @@ async fn serve_runs_on_embedded_defaults() {
         .env_remove("ITSMC_DATA_DIR")
         .env_remove("ITSMC_CONNECTIONS_FILE")
         .stderr(Stdio::null())
+        .captured("serve")
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -71,7 +73,7 @@ fn bad_configuration_stops_startup_with_the_setting_named() {
         .env("ITSMC_URL", "http://contoso.service-now.com")
         .env("ITSMC_USERNAME", "svc")
         .env("ITSMC_PASSWORD", "never-printed-password")
-        .output()
+        .captured_output("bad-configuration")
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -247,6 +249,7 @@ async fn the_package_runs_as_the_functions_host_starts_it() {
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
             .env("ITSMC_DATA_DIR", dir.path().join("state"))
             .envs(extra.iter().copied())
+            .capture_env()
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -254,10 +257,11 @@ async fn the_package_runs_as_the_functions_host_starts_it() {
     };
     // A key of itsmc's own would lock the host's timer out: refused at start, saying why.
     let refused = start(&[("ITSMC_API_KEY", "a-key-of-our-own-0123456789")]).wait_with_output().unwrap();
+    let refused = support::capture::tee("functions-host-refused", refused);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ITSMC_API_KEY: remove it under the Functions host"));
 
-    let _child = KillOnDrop(start(&[]));
+    let _child = KillOnDrop(support::capture::drain(start(&[]), "functions-host"));
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     while !reqwest::get(format!("{url}/")).await.is_ok_and(|r| r.status() == 200) {

@@ -412,7 +412,7 @@ impl World {
     /// `itsmc serve` on a free port with the store in `store`; returns once it answers.
     async fn serve(&self, name: &str, store: &[(&str, &str)]) -> Serve {
         let port = free_port();
-        let log = self.logs.path().join(format!("{name}.log"));
+        let log = support::capture::stderr_file(name).unwrap_or_else(|| self.logs.path().join(format!("{name}.log")));
         let mut command = Command::new(env!("CARGO_BIN_EXE_itsmc"));
         command
             .args(["serve", "--port", &port.to_string()])
@@ -440,6 +440,7 @@ impl World {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        support::capture::CaptureExt::capture_env(&mut command);
         let child = KillOnDrop(command.spawn().expect("itsmc starts"));
         let url = format!("http://127.0.0.1:{port}");
         let started = Instant::now();

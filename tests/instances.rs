@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
+use support::capture::CaptureExt;
 use support::harness::{eventually, free_port};
 use support::servicenow::{EmulatorConfig, ServiceNowEmulator};
 
@@ -50,6 +51,7 @@ impl Instance {
             .env_remove("ITSMC_CONNECTIONS_FILE")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .captured(&format!("instance-{prefix}"))
             .spawn()
             .expect("itsmc starts");
         let url = format!("http://127.0.0.1:{port}");

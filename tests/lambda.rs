@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
+use support::capture::CaptureExt;
 use support::entra::{self, EntraEmulator};
 use support::harness::{KillOnDrop, eventually, fixture, free_port, metric_alert};
 use support::identity::TokenRegistry;
@@ -57,6 +58,7 @@ fn itsmc(args: &[&str], env: &[(String, String)]) -> KillOnDrop {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        .captured(args.first().copied().unwrap_or("bootstrap"))
         .spawn()
         .expect("itsmc starts");
     KillOnDrop(child)

@@ -500,7 +500,7 @@ async fn itsmc_sync_runs_from_the_command_line_with_the_managed_identity() {
         for (name, value) in extra {
             command.env(name, value);
         }
-        command.output().expect("itsmc runs")
+        support::capture::CaptureExt::captured_output(&mut command, "sync").expect("itsmc runs")
     };
     let output = tokio::task::block_in_place(|| run(&["sync", "--since", "30"], &[]));
     let stdout = String::from_utf8_lossy(&output.stdout);

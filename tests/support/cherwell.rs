@@ -266,6 +266,7 @@ impl CherwellEmulator {
 
     /// An administrator changes a user's password; tokens already issued stay valid.
     pub fn set_password(&self, login: &str, password: &str) {
+        super::serve::capture::secret("cherwell password", password);
         for user in self.lock().users.iter_mut().filter(|u| u.login.eq_ignore_ascii_case(login)) {
             user.password = password.into();
         }
@@ -900,6 +901,7 @@ fn text(value: &Value, name: &str) -> String {
 
 impl Instance {
     fn new(config: EmulatorConfig) -> Instance {
+        config.users.iter().for_each(|u| super::serve::capture::secret("cherwell password", &u.password));
         let mut instance = Instance {
             users: config.users,
             api_keys: config.api_keys,
@@ -1114,6 +1116,7 @@ impl Instance {
         };
         let access = hex::encode(self.rng.random::<[u8; 24]>());
         let refresh = hex::encode(self.rng.random::<[u8; 16]>());
+        super::serve::capture::secrets("cherwell token", [&access, &refresh]);
         let now = Instant::now();
         self.access.insert(
             access.clone(),

@@ -195,6 +195,7 @@ impl TestKey {
         let signature =
             jsonwebtoken::crypto::sign(signed.as_bytes(), &EncodingKey::from_rsa_der(&self.der), Algorithm::RS256)
                 .expect("entra emulator: RS256 signing");
+        super::serve::capture::secret("entra-signed token", &format!("{signed}.{signature}"));
         format!("{signed}.{signature}")
     }
 }
@@ -385,6 +386,7 @@ impl EntraEmulator {
     /// Registers an app with a client secret (or adds the secret to an app already registered, as a
     /// second secret during rotation). Returns its service principal's object id.
     pub fn register_app(&self, client_id: &str, secret: &str) -> String {
+        super::serve::capture::secret("entra client secret", secret);
         let mut tenant = self.lock();
         let secret = ClientSecret { value: secret.to_owned(), expired: false };
         if let Some(app) = tenant.apps.iter_mut().find(|app| app.client_id.eq_ignore_ascii_case(client_id)) {

@@ -92,6 +92,8 @@ impl Itsmc {
 
     /// Start on an existing data directory (a restart).
     pub async fn start_in(dir: &Path, settings: &[(&str, &str)]) -> Itsmc {
+        super::serve::capture::init();
+        super::serve::capture::settings(settings.iter().copied());
         let mut env: HashMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.insert("ITSMC_DATA_DIR".into(), dir.display().to_string());
         env.entry("ITSMC_OUTBOX_BACKOFF_MS".into()).or_insert_with(|| "50".into());
@@ -99,7 +101,7 @@ impl Itsmc {
         let app = itsmc::App::start(config).await.expect("itsmc starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
-        let router = app.router();
+        let router = super::serve::capture::router(app.router());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });

@@ -145,6 +145,7 @@ impl TokenRegistry {
     /// Record a token issued for `issued.resource`; the Entra emulator's token endpoint (`entra.rs`) issues
     /// into the same registry, so resource servers accept app tokens as they accept managed identity ones.
     pub fn insert(&self, token: String, issued: IssuedToken) {
+        super::serve::capture::secret("access token (identity or entra emulator)", &token);
         lock(&self.0).insert(token, issued);
     }
 
@@ -196,6 +197,7 @@ impl IdentityEmulator {
         listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("listener address");
         let tokens = TokenRegistry::default();
+        super::serve::capture::secret("identity header", &config.header);
         let shared = Arc::new(Mutex::new(Endpoint { config, requests: Vec::new(), tokens: tokens.clone() }));
         let app = Router::new().route(TOKEN_PATH, axum::routing::any(token)).with_state(shared.clone());
         let server = Server::http(&format!("identity-endpoint-{}", addr.port()), listener, app);

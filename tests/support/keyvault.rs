@@ -252,6 +252,7 @@ fn valid_name(name: &str) -> bool {
 
 impl Vault {
     fn write(&mut self, name: &str, value: String, content_type: Option<String>, tags: Option<Value>) -> String {
+        super::serve::capture::secret("key vault secret value", &value);
         let id = hex::encode(rand::random::<[u8; 16]>());
         let version = Version { id: id.clone(), value, content_type, tags, enabled: true, created: now_secs() };
         self.secrets

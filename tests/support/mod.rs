@@ -20,6 +20,9 @@ pub mod keyvault;
 pub mod lambda_runtime;
 #[allow(dead_code)]
 pub mod serve;
+// Declared in `serve` (every emulator has it, also where a bench includes the emulators one by one).
+#[allow(unused_imports)]
+pub use serve::capture;
 #[allow(dead_code)]
 pub mod tls;
 // Every test binary that declares `mod support;` compiles the whole emulator, used or not.

@@ -318,6 +318,7 @@ impl ScsmEmulator {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("scsm emulator: bind");
         let addr = listener.local_addr().expect("scsm emulator: address");
         let mut rng = StdRng::seed_from_u64(0x5c5e_c1e5_0f7a_1234);
+        config.users.iter().for_each(|u| super::serve::capture::secret("scsm password", &u.password));
         let users = config.users.into_iter().map(|u| (u, guid(&mut rng))).collect();
         let mut portal = Portal {
             users,
@@ -379,6 +380,7 @@ impl ScsmEmulator {
 
     /// An administrator changes a user's password.
     pub fn set_password(&self, name: &str, password: &str) {
+        super::serve::capture::secret("scsm password", password);
         for (user, _) in self.lock().users.iter_mut() {
             if user.name.eq_ignore_ascii_case(name) {
                 user.password = password.into();
@@ -696,6 +698,7 @@ impl Portal {
             .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[self.rng.random_range(0..36)]))
             .collect();
         self.tokens.insert(token.clone(), (index, Instant::now() + self.token_lifetime));
+        super::serve::capture::secret("scsm token", &token);
         Reply::ok(Value::String(token))
     }
 

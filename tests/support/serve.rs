@@ -8,6 +8,10 @@ use std::thread::JoinHandle;
 use axum::Router;
 use tokio::sync::oneshot;
 
+/// The capture of logs, error bodies and secrets for `.ci/scan-secrets`; here, where every emulator can reach it.
+#[path = "capture.rs"]
+pub mod capture;
+
 /// A poisoned lock only means a test thread panicked mid-call; the state is still usable and the server must keep
 /// answering.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,6 +49,7 @@ impl Server {
         F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
     {
+        capture::init();
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())

@@ -321,6 +321,7 @@ impl ServiceNowEmulator {
 
     /// An administrator changes a user's password; tokens already issued stay valid, as in ServiceNow.
     pub fn set_password(&self, username: &str, password: &str) {
+        super::serve::capture::basic("servicenow password", username, password);
         let mut instance = self.lock();
         instance.users.retain(|(known, _)| known != username);
         instance.users.push((username.to_owned(), password.to_owned()));
@@ -823,6 +824,9 @@ fn is_api_version(segment: &str) -> bool {
 
 impl Instance {
     fn new(config: EmulatorConfig, base_url: String) -> Self {
+        for (name, secret) in config.users.iter().chain(&config.oauth_clients) {
+            super::serve::capture::basic("servicenow", name, secret);
+        }
         let mut instance = Self {
             users: config.users,
             clients: config.oauth_clients,
@@ -1132,6 +1136,7 @@ impl Instance {
                 token
             }
         };
+        super::serve::capture::secrets("servicenow token", [&access_token, &refresh_token]);
         // Key order as in the fixture servicenow-oauth-token-response.json.
         let body = ordered_object(&[
             ("access_token", json!(access_token).to_string()),
