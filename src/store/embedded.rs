@@ -5,9 +5,9 @@
 //! under `<ITSMC_DATA_DIR>`: every live key is held in memory, in a hash map per table with its keys also
 //! kept in order for scans, and every change is appended to `itsmc.log` before it is acknowledged.
 //! Opening the store reads the log back. This is the Bitcask design, and it fits the workload: the alert
-//! path makes about four conditional writes per alert to randomly keyed entries. Small values (links,
-//! the sync's rows: up to [`HELD_MAX`] bytes of JSON) are held in memory with their key; a larger one (a
-//! delivery, which carries the alert's raw body, typically 2-10 KB) is not: its slot holds where its JSON
+//! path makes about four conditional writes per alert to randomly keyed entries. Small values (the sync's
+//! watermarks: up to [`HELD_MAX`] bytes of JSON) are held in memory with their key; a larger one (a
+//! delivery, which carries the alert's raw body, typically 2-10 KB; a link; a finished delivery) is not: its slot holds where its JSON
 //! lies in the log, and a read copies it out of the file (from the page cache, normally). That keeps
 //! memory proportional to the number of keys rather than to the size of the outbox: 100,000 pending
 //! deliveries of 4 KB take about 25 MB rather than 450 (`cargo bench --bench outbox_memory`).
@@ -82,14 +82,15 @@ const COMPACTION_SLACK: u64 = 8 * 1024 * 1024;
 /// holds the lock for long: the writer needs it to publish every batch.
 const SCAN_CHUNK: usize = 256;
 
-/// The largest JSON value held in memory; a larger one is read from the log when it is needed. Links,
-/// the sync's watermarks and `ServiceDesk_CL` rows are below it: they are small, read on every alert or
-/// sync, and a slot with a location (about 40 bytes) would save little beside the key and the maps'
-/// own cost per entry (some 150 bytes). Deliveries are above it, since each carries the alert's body
-/// (2-10 KB, up to 1 MiB), and the outbox may hold 100,000 of them; the outbox reads each one once per
-/// attempt, where a read from the page cache (a system call, about a microsecond) costs less than
-/// parsing it.
-const HELD_MAX: usize = 1024;
+/// The largest JSON value held in memory; a larger one is read from the log when it is needed. The sync's
+/// watermarks and summaries are below it: small, and read on every sync. Everything whose number grows with
+/// the alerts is above it: deliveries carry the alert's body (2-10 KB, up to 1 MiB) until they are done,
+/// their outcome after (300-700 bytes), and every work item has a link (300-600 bytes). An alert storm
+/// leaves one of each per alert: with 100,000 alerts, held in memory these took itsmc to 205 MB (the
+/// backlog of `benches/storm.rs`), where a slot with a location costs some 40 bytes beside the key and the
+/// maps' own cost per entry (about 150). A read from the log is a read from the page cache: a system call
+/// of about a microsecond, less than parsing the value it reads.
+const HELD_MAX: usize = 256;
 
 /// A stored value: its etag and its JSON, shared with (or located for) the readers that copy it out.
 #[derive(Debug, Clone)]

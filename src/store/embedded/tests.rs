@@ -96,7 +96,7 @@ fn reopening_locates_large_values_in_the_log() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         rt.block_on(async {
             for i in 0..300u64 {
-                let size = if i % 3 == 0 { 200 } else { 1000 + 37 * i as usize };
+                let size = if i % 3 == 0 { 100 } else { 1000 + 37 * i as usize };
                 store
                     .insert(Table::Deliveries, &format!("d{i:04}"), &value(&format!("d{i:04}"), i, size))
                     .await
@@ -110,7 +110,7 @@ fn reopening_locates_large_values_in_the_log() {
     rt.block_on(async {
         for i in 0..300u64 {
             let key = format!("d{i:04}");
-            let size = if i % 3 == 0 { 200 } else { 1000 + 37 * i as usize };
+            let size = if i % 3 == 0 { 100 } else { 1000 + 37 * i as usize };
             assert_eq!(held(&store, Table::Deliveries, &key), Some(i % 3 == 0));
             check(&store.get(Table::Deliveries, &key).await.unwrap().unwrap(), &key, i, size);
         }
