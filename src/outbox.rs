@@ -68,6 +68,9 @@ pub struct DrainReport {
 /// outbox is: a few KB each.
 const PARALLEL: usize = 256;
 
+/// Deliveries read from the outbox at a time: each holds its alert's body while it waits its turn.
+const PAGE: usize = 250;
+
 /// Retry every due pending delivery once. The outbox is read a page at a time while earlier pages are worked
 /// on, so a drain of 100,000 deliveries holds one page and `PARALLEL` deliveries in memory, not all of them.
 /// When a pass over the outbox found work, another pass follows while that work is still running: what fell
@@ -109,7 +112,7 @@ async fn pass(
     let now = now_ms();
     loop {
         let filter = Some(Filter { field: "state", value: "pending" });
-        let page = match intake.store.scan(Table::Deliveries, filter, continuation.as_deref(), 1000).await {
+        let page = match intake.store.scan(Table::Deliveries, filter, continuation.as_deref(), PAGE).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be read");

@@ -14,7 +14,10 @@
 //!   old log stays in place and whole, a write too large for what is left fails clearly and changes
 //!   nothing, and the next open, with space again, compacts it.
 
+#[path = "support/store_log.rs"]
+mod store_log;
 mod support;
+use store_log::log_end;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -203,20 +206,6 @@ async fn alerts_get_503_while_the_disk_is_full_and_itsmc_recovers() {
         assert_eq!((status, &answer["action"]), (200, &json!("duplicate")), "acknowledged alert {i} was forgotten");
     }
     itsmc.stop().await;
-}
-
-/// Where the records of the log in `dir` end (zeros follow, written ahead).
-fn log_end(dir: &Path) -> u64 {
-    let log = std::fs::read(dir.join("itsmc.log")).unwrap();
-    let mut end = 32;
-    while end + 12 <= log.len() {
-        let len = u32::from_le_bytes(log[end..end + 4].try_into().unwrap()) as usize;
-        if len == 0 || end + 12 + len > log.len() {
-            break;
-        }
-        end += 12 + len;
-    }
-    end as u64
 }
 
 fn value(i: u64) -> Value {

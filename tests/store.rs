@@ -94,6 +94,13 @@ store_suite!(embedded, embedded_fixture());
 
 #[path = "support/azurite.rs"]
 mod azurite;
+// Its logs go to the secret scan with the rest of the suite (installed when the binary loads).
+#[allow(dead_code)]
+#[path = "support/capture.rs"]
+mod capture;
+#[path = "support/store_log.rs"]
+mod store_log;
+use store_log::log_end;
 
 /// Azure Table Storage, on Azurite, with the account key or (`entra`) with Entra bearer tokens over HTTPS:
 /// tables of a prefix of this test's own, deleted when it passes (a failed test leaves them to look at).
@@ -783,21 +790,6 @@ fn log_checksum(bytes: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
-}
-
-/// Where the records of the log in `dir` end: the store writes zeros ahead of its last record, so this
-/// is where the file's length stops being the answer.
-fn log_end(dir: &Path) -> u64 {
-    let log = std::fs::read(dir.join("itsmc.log")).unwrap();
-    let mut end = 32;
-    while end + 12 <= log.len() {
-        let len = u32::from_le_bytes(log[end..end + 4].try_into().unwrap()) as usize;
-        if len == 0 || end + 12 + len > log.len() {
-            break;
-        }
-        end += 12 + len;
-    }
-    end as u64
 }
 
 /// Add one record of puts to the log in `dir`, where and as the store would write it.
