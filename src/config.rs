@@ -710,13 +710,13 @@ fn connection_from_env(lookup: &impl Fn(&str) -> Option<String>, vault: bool) ->
         templates: BTreeMap::new(),
         sync_days: None,
         sync_kinds: None,
-        limits: limits(lookup, "ITSMC_", None, None)?,
+        limits: limits(lookup, "", None, None)?,
     })
 }
 
 /// A connection's request limits: its own (`max_concurrent_requests`, `max_requests_per_second` in the
 /// connections file), else `ITSMC_MAX_CONCURRENT_REQUESTS` and `ITSMC_MAX_REQUESTS_PER_SECOND` (0: no rate of
-/// our own), else the defaults. `at` names the connection's settings in errors.
+/// our own), else the defaults. `at` names the connection in errors about its own values.
 fn limits(
     lookup: &impl Fn(&str) -> Option<String>,
     at: &str,
@@ -724,25 +724,15 @@ fn limits(
     per_second: Option<u64>,
 ) -> Result<crate::itsm::limit::Limits, ConfigError> {
     let defaults = crate::itsm::limit::Limits::default();
-    let global = |name: &str, default: u64, max: u64| parse_number(lookup, name, default, 0, max);
     let concurrent = match concurrent {
-        Some(n) => n,
-        None => global("ITSMC_MAX_CONCURRENT_REQUESTS", defaults.max_concurrent as u64, 1_000)?,
+        Some(n @ 1..=1_000) => n,
+        Some(n) => return Err(invalid(format!("{at}max_concurrent_requests"), format!("{n} is not from 1 to 1000"))),
+        None => parse_number(lookup, "ITSMC_MAX_CONCURRENT_REQUESTS", defaults.max_concurrent as u64, 1, 1_000)?,
     };
-    if !(1..=1_000).contains(&concurrent) {
-        let setting = if at == "ITSMC_" {
-            "ITSMC_MAX_CONCURRENT_REQUESTS".into()
-        } else {
-            format!("{at}max_concurrent_requests")
-        };
-        return Err(invalid(setting, format!("{concurrent} is not from 1 to 1000")));
-    }
     let per_second = match per_second {
-        Some(n) if n > 10_000 => {
-            return Err(invalid(format!("{at}max_requests_per_second"), format!("{n} is not from 0 to 10000")));
-        }
-        Some(n) => n,
-        None => global("ITSMC_MAX_REQUESTS_PER_SECOND", 0, 10_000)?,
+        Some(n @ 0..=10_000) => n,
+        Some(n) => return Err(invalid(format!("{at}max_requests_per_second"), format!("{n} is not from 0 to 10000"))),
+        None => parse_number(lookup, "ITSMC_MAX_REQUESTS_PER_SECOND", 0, 0, 10_000)?,
     };
     Ok(crate::itsm::limit::Limits {
         max_concurrent: concurrent as usize,

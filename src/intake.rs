@@ -373,14 +373,16 @@ impl Intake {
                 if error.is_retryable() && !expired {
                     // Held back by the connection's limits, nothing failed: the outbox takes it at once, and its
                     // place in the connection's queue is the wait.
-                    let wait = match &error {
-                        Failure::Itsm(ItsmError::Busy { retry_after, .. }) => retry_after.unwrap_or_default(),
-                        _ => outbox::backoff(&self.config.outbox, attempts as u32, error.retry_after()),
+                    let held_back = matches!(error, Failure::Itsm(ItsmError::Busy { .. }));
+                    let wait = if held_back {
+                        error.retry_after().unwrap_or_default()
+                    } else {
+                        outbox::backoff(&self.config.outbox, attempts as u32, error.retry_after())
                     };
                     record["state"] = json!("pending");
                     record["nextAttemptAt"] = json!(now + wait.as_millis() as i64);
                     record["leaseUntil"] = json!(0);
-                    if matches!(error, Failure::Itsm(ItsmError::Busy { .. })) {
+                    if held_back {
                         tracing::debug!(delivery, rule = %alert.rule, error = %error, "work item left to the outbox");
                     } else {
                         tracing::warn!(delivery, rule = %alert.rule, attempts, error = %error, retry_in_ms = wait.as_millis() as u64, "work item queued for retry");

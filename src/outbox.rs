@@ -79,19 +79,12 @@ pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
     let mut report = DrainReport::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
+    // Each pass counts the outbox afresh; the last one's view is the report's.
     loop {
-        let (pending, next_due) = (report.pending, report.next_due);
         (report.pending, report.next_due) = (0, 0);
-        let started = report.attempted + running.len();
-        if !pass(intake, &mut report, &mut tasks, &mut running).await {
-            break;
-        }
-        if report.attempted + running.len() == started {
-            // Nothing new was due: the last pass's view of the outbox stands.
-            if report.pending == 0 && report.next_due == 0 {
-                (report.pending, report.next_due) = (pending, next_due);
-            }
-            break;
+        match pass(intake, &mut report, &mut tasks, &mut running).await {
+            Some(started) if started > 0 => continue,
+            _ => break,
         }
     }
     while let Some(done) = tasks.join_next().await {
@@ -100,14 +93,15 @@ pub async fn drain(intake: &Arc<Intake>) -> DrainReport {
     report
 }
 
-/// One pass over the outbox: every due delivery not already running is started. `false` when the outbox
-/// could not be read.
+/// One pass over the outbox: every due delivery not already running is started. How many were; `None` when the
+/// outbox could not be read.
 async fn pass(
     intake: &Arc<Intake>,
     report: &mut DrainReport,
     tasks: &mut tokio::task::JoinSet<(String, Retried)>,
     running: &mut HashSet<String>,
-) -> bool {
+) -> Option<usize> {
+    let mut started = 0;
     let mut continuation: Option<String> = None;
     let now = now_ms();
     loop {
@@ -116,7 +110,7 @@ async fn pass(
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be read");
-                return false;
+                return None;
             }
         };
         for entry in page.entries {
@@ -137,12 +131,13 @@ async fn pass(
                 report.count(done, running);
             }
             running.insert(entry.key.clone());
+            started += 1;
             let intake = Arc::clone(intake);
             tasks.spawn(async move { (entry.key.clone(), retry(&intake, entry).await) });
         }
         match page.continuation {
             Some(c) => continuation = Some(c),
-            None => return true,
+            None => return Some(started),
         }
     }
 }

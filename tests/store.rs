@@ -95,7 +95,6 @@ store_suite!(embedded, embedded_fixture());
 #[path = "support/azurite.rs"]
 mod azurite;
 // Its logs go to the secret scan with the rest of the suite (installed when the binary loads).
-#[allow(dead_code)]
 #[path = "support/capture.rs"]
 mod capture;
 #[path = "support/store_log.rs"]

@@ -127,9 +127,7 @@ async fn answer(client: &Client, batch: Vec<(WorkItemType, String, oneshot::Send
     }
     for (_, key, tx) in batch {
         let found = match newest.get(&key.to_ascii_lowercase()) {
-            Some(record) => {
-                work_item(&client.base_url, kind, record).map(|item| Some(Found { item, active: is_active(record) }))
-            }
+            Some(record) => found(client, kind, record).map(Some),
             // A full page may have left this key's records out.
             None if full => find_one(client, kind, &key).await,
             None => Ok(None),
@@ -142,8 +140,9 @@ async fn answer(client: &Client, batch: Vec<(WorkItemType, String, oneshot::Send
 pub async fn find_one(client: &Client, kind: WorkItemType, key: &str) -> Answer {
     let Some(request) = requests::find(kind, key) else { return Ok(None) };
     let records = result(client.send(&request).await?);
-    match records.as_array().and_then(|r| r.first()) {
-        Some(record) => Ok(Some(Found { item: work_item(&client.base_url, kind, record)?, active: is_active(record) })),
-        None => Ok(None),
-    }
+    records.as_array().and_then(|r| r.first()).map(|record| found(client, kind, record)).transpose()
+}
+
+fn found(client: &Client, kind: WorkItemType, record: &Value) -> Result<Found, ItsmError> {
+    Ok(Found { item: work_item(&client.base_url, kind, record)?, active: is_active(record) })
 }
